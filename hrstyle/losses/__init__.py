@@ -1,0 +1,14 @@
+"""Loss network (frozen VGG) and the content/style/TV losses computed on it."""
+
+from hrstyle.losses.perceptual import PAPER_STYLE_LAYERS, ContentStyleLoss, gram_matrix, total_variation
+from hrstyle.losses.vgg import VGGFeatures, WeightsUnavailableError, layer_names
+
+__all__ = [
+    "PAPER_STYLE_LAYERS",
+    "ContentStyleLoss",
+    "VGGFeatures",
+    "WeightsUnavailableError",
+    "gram_matrix",
+    "layer_names",
+    "total_variation",
+]

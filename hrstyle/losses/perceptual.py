@@ -1,0 +1,119 @@
+"""Content, style (Gram) and total-variation losses on VGG features."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrstyle.errors import UserError
+from hrstyle.losses.vgg import VGGFeatures
+
+#: The paper's style layers and per-layer weights.
+PAPER_STYLE_LAYERS = {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gram matrix, normalized by C·H·W so its scale is independent of image size.
+
+    (N, C, H, W) features → (N, C, C); sample i only ever sees its own features.
+    Computed in float32 even under autocast (the sums are long).
+    """
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w).float()
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of an (N, C, H, W) image."""
+    dh = (image[..., 1:, :] - image[..., :-1, :]).abs().mean() if image.shape[-2] > 1 else image.new_zeros(())
+    dw = (image[..., :, 1:] - image[..., :, :-1]).abs().mean() if image.shape[-1] > 1 else image.new_zeros(())
+    return dh + dw
+
+
+class ContentStyleLoss(nn.Module):
+    """Weighted sum of content, style and total-variation losses.
+
+    Args:
+        arch, weights: the frozen loss network (see ``VGGFeatures``).
+        content_layer: layer whose activations the output must keep (paper: conv4_2).
+        style_layers: ``{layer: weight}`` for the Gram-matrix style loss (paper: conv1_1…conv5_1
+            with 0.1/0.2/0.4/0.8/1.6).
+        content_weight, style_weight, tv_weight: weights of the three terms.
+        normalize: divide each layer's loss by the mean square of its target (content
+            features, style Gram). Feature scales differ by orders of magnitude between
+            layers and between loss networks (conv2_1 of the offline VGG16 has Gram entries
+            1e6 times those of its conv4_1); normalized, every term starts near 1 and the
+            weights mean the same for VGG19, VGG16 or any local weights. ``False`` gives the
+            paper's raw losses.
+
+    Call ``set_style(style_image)`` once; its Gram matrices become buffers. ``forward(output,
+    content)`` takes two (N, 3, H, W) batches in [0, 1] and returns a dict of scalar tensors:
+    ``loss`` (weighted total), ``content_loss``, ``style_loss``, ``tv_loss`` (unweighted).
+    """
+
+    def __init__(
+        self,
+        arch: str = "vgg19",
+        weights: str = "imagenet",
+        content_layer: str = "conv4_2",
+        style_layers: Mapping[str, float] | None = None,
+        content_weight: float = 1.0,
+        style_weight: float = 1.0,
+        tv_weight: float = 0.0,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.style_layers = dict(PAPER_STYLE_LAYERS if style_layers is None else style_layers)
+        if not self.style_layers:
+            raise UserError("loss.style_layers is empty: give at least one {layer: weight}")
+        for name, value in [("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)]:
+            if value < 0:
+                raise UserError(f"loss.{name} must be >= 0, got {value}")
+        self.content_layer = content_layer
+        self.normalize = normalize
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.encoder = VGGFeatures([content_layer, *self.style_layers], arch=arch, weights=weights)
+        for name in self.style_layers:
+            self.register_buffer(_target_name(name), None, persistent=False)
+
+    @torch.no_grad()
+    def set_style(self, style: torch.Tensor) -> None:
+        """Store the Gram matrices of a (1, 3, H, W) style image in [0, 1] as targets."""
+        if style.dim() != 4 or style.shape[0] != 1:
+            raise ValueError(f"expected one (1, 3, H, W) style image, got {tuple(style.shape)}")
+        feats = self.encoder(style.to(self.encoder.mean.device))
+        for name in self.style_layers:
+            setattr(self, _target_name(name), gram_matrix(feats[name]))
+
+    def style_targets(self) -> dict[str, torch.Tensor]:
+        targets = {name: getattr(self, _target_name(name)) for name in self.style_layers}
+        if any(t is None for t in targets.values()):
+            raise RuntimeError("ContentStyleLoss.set_style() must be called before computing the loss")
+        return targets
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        targets = self.style_targets()
+        out_feats = self.encoder(output)
+        with torch.no_grad():
+            content_target = self.encoder(content)[self.content_layer]
+            content_target = content_target.float()
+        content_loss = F.mse_loss(out_feats[self.content_layer].float(), content_target)
+        if self.normalize:
+            content_loss = content_loss / content_target.pow(2).mean().clamp_min(1e-12)
+        style_loss = output.new_zeros((), dtype=torch.float32)
+        for name, weight in self.style_layers.items():
+            target = targets[name]
+            layer_loss = F.mse_loss(gram_matrix(out_feats[name]), target.expand(output.shape[0], -1, -1))
+            if self.normalize:
+                layer_loss = layer_loss / target.pow(2).mean().clamp_min(1e-12)
+            style_loss = style_loss + weight * layer_loss
+        tv_loss = total_variation(output)
+        loss = self.content_weight * content_loss + self.style_weight * style_loss + self.tv_weight * tv_loss
+        return {"loss": loss, "content_loss": content_loss, "style_loss": style_loss, "tv_loss": tv_loss}
+
+
+def _target_name(layer: str) -> str:
+    return f"style_gram_{layer}"

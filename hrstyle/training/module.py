@@ -1,0 +1,120 @@
+"""The LightningModule that fits one style: generator + frozen loss network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchvision
+from torch import nn
+
+from hrstyle.data.images import load_image
+from hrstyle.errors import UserError
+from hrstyle.losses import ContentStyleLoss
+
+#: Key under which checkpoints store what inference needs to rebuild the generator.
+CHECKPOINT_KEY = "hrstyle"
+
+
+class StyleTransferModule(pl.LightningModule):
+    """Trains ``generator`` so that its output keeps the content of the input photo and
+    takes the style (Gram statistics) of one style image.
+
+    Args:
+        generator: the network to train, e.g. ``hrstyle.models.HRNet``.
+        loss: a ``ContentStyleLoss``; its style targets are computed here, once.
+        style_image: path to the style image.
+        style_size: the style image is resized so its long side is this many pixels
+            (the scale of the brush strokes the generator learns).
+        optimizer, scheduler: partially-applied constructors (Hydra ``_partial_: true``):
+            ``optimizer(params)``, ``scheduler(optimizer)`` stepped every training step.
+        style_name: a label stored in checkpoints.
+        preview_every: log a content|stylized preview grid every N training steps.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        loss: ContentStyleLoss,
+        style_image: str,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        style_size: int = 512,
+        style_name: str = "style",
+        preview_every: int = 100,
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.loss_fn = loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.style_name, self.preview_every = style_name, preview_every
+        self.style_path = str(style_image)
+        if not Path(style_image).expanduser().is_file():
+            raise UserError(f"style image not found: {style_image} (set style.image=/path/to/style.jpg)")
+        # Style Gram targets: computed once here, then non-persistent buffers of loss_fn.
+        self.style = load_image(Path(style_image).expanduser(), max_size=style_size).unsqueeze(0)
+        self.loss_fn.set_style(self.style)
+        self._preview_batch: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator(x)
+
+    def _losses(self, content: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        output = self.generator(content)
+        return self.loss_fn(output, content), output
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        losses, _ = self._losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=batch.shape[0])
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch.shape[0])
+        if self.preview_every > 0 and self.global_step % self.preview_every == 0:
+            self._log_preview()
+        return losses["loss"]
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        losses, _ = self._losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.shape[0], sync_dist=True)
+        if batch_idx == 0:
+            self._preview_batch = batch[:8].detach().cpu()
+
+    def on_train_start(self) -> None:
+        if self._preview_batch is None:  # no sanity-check validation ran: fetch the preview images
+            self._preview_batch = next(iter(self.trainer.datamodule.val_dataloader()))[:8]
+
+    def on_train_end(self) -> None:
+        self._log_preview()  # the final state, whatever preview_every is
+
+    @torch.no_grad()
+    def _log_preview(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self._preview_batch is None or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+            return
+        was_training = self.generator.training
+        self.generator.eval()
+        content = self._preview_batch.to(self.device)
+        stylized = self.generator(content).float()
+        self.generator.train(was_training)
+        # One row per image: content | stylized.
+        pairs = torch.stack((content.float(), stylized), dim=1).flatten(0, 1)
+        grid = torchvision.utils.make_grid(pairs.clamp(0, 1), nrow=2, padding=2, pad_value=1.0)
+        experiment.add_image("preview/content_stylized", grid, self.global_step)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.generator.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything inference needs: how to rebuild the generator. The loss network's
+        # weights are non-persistent buffers, so the state_dict holds only the generator.
+        checkpoint[CHECKPOINT_KEY] = {
+            "generator_class": f"{type(self.generator).__module__}.{type(self.generator).__qualname__}",
+            "generator_config": dict(getattr(self.generator, "config", {})),
+            "style_name": self.style_name,
+            "style_image": self.style_path,
+        }
