@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,12 @@ class ContentStyleLoss(nn.Module):
     Args:
         arch, weights: the frozen loss network (see ``VGGFeatures``).
         content_layer: layer whose activations the output must keep (paper: conv4_2).
-        style_layers: ``{layer: weight}`` for the Gram-matrix style loss (paper: conv1_1…conv5_1
-            with 0.1/0.2/0.4/0.8/1.6).
+        style_layers: layers of the Gram-matrix style loss, a list (weights from
+            ``style_layer_weights``) or a ``{layer: weight}`` mapping. Default: the paper's
+            conv1_1…conv5_1 with 0.1/0.2/0.4/0.8/1.6.
+        style_layer_weights: one weight per entry of a ``style_layers`` list (None: all 1).
+            Two lists rather than a mapping because a command-line override replaces a
+            list but merges into a mapping.
         content_weight, style_weight, tv_weight: weights of the three terms.
         normalize: divide each layer's loss by the mean square of its target (content
             features, style Gram). Feature scales differ by orders of magnitude between
@@ -59,16 +63,15 @@ class ContentStyleLoss(nn.Module):
         arch: str = "vgg19",
         weights: str = "imagenet",
         content_layer: str = "conv4_2",
-        style_layers: Mapping[str, float] | None = None,
+        style_layers: Sequence[str] | Mapping[str, float] | None = None,
+        style_layer_weights: Sequence[float] | None = None,
         content_weight: float = 1.0,
         style_weight: float = 1.0,
         tv_weight: float = 0.0,
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        self.style_layers = dict(PAPER_STYLE_LAYERS if style_layers is None else style_layers)
-        if not self.style_layers:
-            raise UserError("loss.style_layers is empty: give at least one {layer: weight}")
+        self.style_layers = _layer_weights(style_layers, style_layer_weights)
         for name, value in [("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)]:
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
@@ -113,6 +116,30 @@ class ContentStyleLoss(nn.Module):
         tv_loss = total_variation(output)
         loss = self.content_weight * content_loss + self.style_weight * style_loss + self.tv_weight * tv_loss
         return {"loss": loss, "content_loss": content_loss, "style_loss": style_loss, "tv_loss": tv_loss}
+
+
+def _layer_weights(
+    layers: Sequence[str] | Mapping[str, float] | None, weights: Sequence[float] | None
+) -> dict[str, float]:
+    if layers is None:
+        layers = PAPER_STYLE_LAYERS
+    if isinstance(layers, Mapping):
+        if weights is not None:
+            raise UserError("give style layer weights either in the style_layers mapping or as a list, not both")
+        result = {str(k): float(v) for k, v in layers.items()}
+    else:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        weights = [1.0] * len(layers) if weights is None else list(weights)
+        if len(weights) != len(layers):
+            raise UserError(
+                f"loss.style_layers has {len(layers)} entries but loss.style_layer_weights has {len(weights)}"
+            )
+        result = {str(k): float(v) for k, v in zip(layers, weights)}
+    if not result:
+        raise UserError("loss.style_layers is empty: give at least one layer")
+    if any(v < 0 for v in result.values()):
+        raise UserError(f"style layer weights must be >= 0, got {result}")
+    return result
 
 
 def _target_name(layer: str) -> str:

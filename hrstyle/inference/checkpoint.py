@@ -1,0 +1,67 @@
+"""Load a trained generator from a Lightning checkpoint or a compact exported one."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrstyle.errors import UserError
+from hrstyle.training.module import CHECKPOINT_KEY
+
+#: The repository root (checkpoints/ lives there in a source checkout / editable install).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` as given, or relative to the project root (for the shipped checkpoints/)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    if not candidate.is_absolute() and (PROJECT_ROOT / candidate).is_file():
+        return PROJECT_ROOT / candidate
+    raise UserError(f"checkpoint not found: {path} (train one with scripts/train.py, or use checkpoints/starry.pt)")
+
+
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the generator stored in a checkpoint; returns ``(model in eval mode, metadata)``.
+
+    Works with Lightning's ``.ckpt`` files written by ``scripts/train.py`` and with the
+    compact files of ``save_generator`` (same layout, generator weights only).
+    """
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not an hrstyle checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    meta = dict(ckpt[CHECKPOINT_KEY])
+    module_name, _, class_name = meta["generator_class"].rpartition(".")
+    if not module_name.startswith("hrstyle."):
+        raise UserError(f"{path}: refusing to build generator class {meta['generator_class']!r}")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    model = cls(**meta["generator_config"])
+    state = {k.removeprefix("generator."): v for k, v in ckpt["state_dict"].items() if k.startswith("generator.")}
+    model.load_state_dict(state)
+    meta["global_step"] = ckpt.get("global_step")
+    return model.eval(), meta
+
+
+def save_generator(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write a compact checkpoint (generator weights + metadata, no optimizer state)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        CHECKPOINT_KEY: {k: v for k, v in meta.items() if k != "global_step"},
+        "state_dict": {f"generator.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "global_step": meta.get("global_step"),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path

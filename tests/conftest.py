@@ -1,0 +1,54 @@
+"""Shared fixtures: small images on disk, paths to ../shared when present."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+OFFLINE_VGG16 = SHARED / "weights" / "vgg16_features_offline.pth"
+SHARED_CONTENT = SHARED / "data" / "content"
+SHARED_STYLES = SHARED / "data" / "styles"
+
+needs_shared = pytest.mark.skipif(not OFFLINE_VGG16.is_file(), reason="../shared (offline VGG16, photos) not present")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    warnings.filterwarnings("ignore", message="VGG loss network with random weights")
+
+
+def random_photo(path: Path, size: tuple[int, int] = (48, 40), mode: str = "RGB", seed: int = 0) -> Path:
+    """Write a smooth random image (gradients + noise) of PIL ``mode`` to ``path``."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 200 + rng.uniform(0, 55, (h, w, 3))
+    img = Image.fromarray(arr.astype(np.uint8), "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A nested folder of small photos in several formats, plus a non-image file."""
+    root = tmp_path / "photos"
+    random_photo(root / "a.jpg", (64, 48), seed=1)
+    random_photo(root / "b.png", (40, 72), seed=2)
+    random_photo(root / "nested" / "c.webp", (56, 56), seed=3)
+    random_photo(root / "nested" / "deeper" / "d.bmp", (80, 60), seed=4)
+    random_photo(root / "e.tiff", (50, 50), seed=5)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def style_path(tmp_path: Path) -> Path:
+    return random_photo(tmp_path / "style.png", (64, 64), seed=9)

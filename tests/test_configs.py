@@ -1,0 +1,81 @@
+"""Every config in configs/ composes and resolves; overrides reach the objects."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from conftest import ROOT
+
+CONFIGS = ROOT / "configs"
+TRAIN_GROUPS = ["model", "loss", "style", "data", "trainer", "logger", "callbacks", "experiment"]
+# Values a config deliberately leaves mandatory (???) for the user to fill in.
+REQUIRED = {"style=custom": ["style.image=s.jpg"], "data=single": ["data.content=p.jpg"],
+            "experiment=paper": ["data.content=p.jpg"]}
+
+
+def compose_train(overrides: list[str], output_dir: Path | None = None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir or "outputs/test")
+        return cfg
+
+
+def options():
+    for group in TRAIN_GROUPS:
+        for path in sorted((CONFIGS / group).glob("*.yaml")):
+            yield f"{group}={path.stem}"
+
+
+@pytest.mark.parametrize("choice", list(options()))
+def test_every_train_config_composes_and_resolves(choice):
+    cfg = compose_train([choice, *REQUIRED.get(choice, [])])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert container["model"]["_target_"] == "hrstyle.models.HRNet"
+
+
+def test_every_group_has_configs():
+    for group in TRAIN_GROUPS:
+        assert list((CONFIGS / group).glob("*.yaml")), group
+    assert {"cpu", "gpu", "ddp"} <= {p.stem for p in (CONFIGS / "trainer").glob("*.yaml")}
+
+
+def test_command_line_overrides_reach_the_objects():
+    cfg = compose_train(["loss.content_weight=50", "loss.style_layers=[relu1_1,relu3_1]", "loss.style_layer_weights=[2,3]", "loss.style_weight=10", "loss.weights=random", "loss.arch=vgg16",
+                         "model.width=0.5", "model.padding_mode=reflect", "optimizer.lr=0.01"])
+    loss = instantiate(cfg.loss, _convert_="all")
+    assert (loss.content_weight, loss.style_weight) == (50, 10)
+    assert loss.style_layers == {"relu1_1": 2.0, "relu3_1": 3.0}
+    assert loss.content_layer == "conv4_2"
+    model = instantiate(cfg.model)
+    assert model.config == {"width": 0.5, "padding_mode": "reflect"}
+    assert instantiate(cfg.optimizer)(model.parameters()).defaults["lr"] == 0.01
+
+
+def test_paper_schedule_is_the_default():
+    cfg = compose_train([])
+    assert cfg.optimizer.lr == 5e-3 and cfg.scheduler.step_size == 200 and cfg.scheduler.gamma == 0.9
+    assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
+    loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
+    assert loss == {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}
+    assert cfg.loss.content_layer == "conv4_2"
+
+
+def test_ddp_preset():
+    cfg = compose_train(["trainer=ddp"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == -1 and cfg.trainer.accelerator == "gpu"
+
+
+def test_infer_config_composes():
+    if not (CONFIGS / "infer.yaml").exists():
+        pytest.skip("no infer.yaml yet")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("infer", return_hydra_config=True)
+    OmegaConf.to_container(cfg, resolve=False)

@@ -1,0 +1,196 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision import models
+
+from conftest import OFFLINE_VGG16, needs_shared
+from hrstyle.errors import UserError
+from hrstyle.losses import ContentStyleLoss, VGGFeatures, WeightsUnavailableError, gram_matrix, layer_names
+
+
+def test_gram_matrix_equals_explicit_per_sample_loop():
+    feats = torch.randn(3, 5, 7, 6)
+    gram = gram_matrix(feats)
+    assert gram.shape == (3, 5, 5)
+    for i in range(3):
+        f = feats[i].reshape(5, -1)
+        torch.testing.assert_close(gram[i], f @ f.T / (5 * 7 * 6))
+
+
+def test_gram_matrix_is_batch_independent():
+    a, b = torch.randn(1, 4, 9, 9), torch.randn(1, 4, 9, 9)
+    torch.testing.assert_close(gram_matrix(torch.cat([a, b]))[1:], gram_matrix(b))
+
+
+def test_gram_matrix_scale_does_not_depend_on_image_size():
+    # A tiled (repeated) feature map has the same statistics, hence the same Gram matrix.
+    feats = torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(gram_matrix(feats.repeat(1, 1, 3, 2)), gram_matrix(feats))
+
+
+def test_layer_names_follow_the_vgg_blocks():
+    names16 = layer_names(models.vgg16().features)
+    names19 = layer_names(models.vgg19().features)
+    # The classic index tables: conv4_2 is features[21] in VGG19 and features[19] in VGG16.
+    assert names19.index("conv4_2") == 21 and names19.index("conv5_1") == 28 and names19.index("pool3") == 18
+    assert names16.index("conv4_2") == 19 and names16.index("conv5_1") == 24 and names16.index("relu3_1") == 11
+    assert len(names19) == 37 and len(names16) == 31
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_named_features_equal_a_manual_forward(arch):
+    torch.manual_seed(0)
+    enc = VGGFeatures(["conv1_1", "relu2_1", "conv3_1", "conv4_2", "pool3"], arch=arch, weights="random")
+    # Rebuild the same network from torchvision and walk it by hand, with enc's weights.
+    ref = models.get_model(arch, weights=None).features
+    ref.load_state_dict({k: v for k, v in enc.body.state_dict(keep_vars=True).items()} | {}, strict=False)
+    for i, m in enumerate(enc.body):
+        if isinstance(m, nn.Conv2d):
+            ref[i].weight.data.copy_(m.weight)
+            ref[i].bias.data.copy_(m.bias)
+    x = torch.rand(2, 3, 40, 36)
+    h = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    manual = {}
+    index = {"vgg19": {"conv1_1": 0, "relu2_1": 6, "pool3": 18, "conv3_1": 10, "conv4_2": 21},
+             "vgg16": {"conv1_1": 0, "relu2_1": 6, "pool3": 16, "conv3_1": 10, "conv4_2": 19}}[arch]
+    for i, m in enumerate(ref[: max(index.values()) + 1]):
+        h = m(h)
+        for name, j in index.items():
+            if i == j:
+                manual[name] = h.clone()  # clone: torchvision's ReLUs are in-place
+    out = enc(x)
+    assert set(out) == set(index)
+    for name in index:
+        torch.testing.assert_close(out[name], manual[name], atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_after_deepest_layer_and_no_inplace_relu():
+    enc = VGGFeatures(["conv1_1", "conv3_1"], arch="vgg19", weights="random")
+    assert enc.names[-1] == "conv3_1" and len(enc.body) == 11
+    assert not any(getattr(m, "inplace", False) for m in enc.body)
+    # The conv output is stored before the ReLU that follows it: it keeps its negatives.
+    enc2 = VGGFeatures(["conv1_1", "relu1_1"], weights="random")
+    out = enc2(torch.rand(1, 3, 16, 16))
+    assert (out["conv1_1"] < 0).any() and torch.equal(out["relu1_1"], out["conv1_1"].clamp_min(0))
+
+
+def test_loss_network_is_frozen_and_not_in_the_state_dict():
+    enc = VGGFeatures(["conv2_1"], weights="random")
+    assert list(enc.parameters()) == [] and enc.state_dict() == {}
+    enc.train()
+    assert not enc.training
+
+
+def test_unknown_layer_is_an_error():
+    with pytest.raises(UserError, match="no layer"):
+        VGGFeatures(["conv4_5"], arch="vgg19", weights="random")
+    with pytest.raises(UserError, match="conv5_4"):
+        VGGFeatures(["conv5_4"], arch="vgg16", weights="random")
+    with pytest.raises(UserError, match="arch"):
+        VGGFeatures(["conv1_1"], arch="resnet50", weights="random")
+
+
+def test_imagenet_download_failure_explains_how_to_pass_a_local_file(monkeypatch):
+    # What torchvision's download raises on a machine without internet (also when cached
+    # weights exist on this machine, the download function is what fails here).
+    def offline(url, *args, **kwargs):
+        raise OSError(f"<urlopen error [Errno -2] Name or service not known> ({url})")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        VGGFeatures(["conv4_2"], arch="vgg19", weights="imagenet")
+    message = str(info.value)
+    assert "loss.weights=" in message and "vgg19-dcbb9e9d.pth" in message and "Name or service" in message
+
+
+def test_local_weights_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        VGGFeatures(["conv1_1"], weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not read"):
+        VGGFeatures(["conv1_1"], weights=str(bad))
+    partial = tmp_path / "partial.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}, partial)
+    VGGFeatures(["conv1_1"], weights=str(partial))  # enough for conv1_1
+    with pytest.raises(UserError, match="lacks"):
+        VGGFeatures(["conv2_1"], weights=str(partial))
+
+
+def test_local_state_dict_round_trip(tmp_path):
+    torch.manual_seed(0)
+    ref = models.vgg16().features
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in ref.state_dict().items()}, path)
+    enc = VGGFeatures(["conv3_1"], arch="vgg16", weights=str(path))
+    torch.testing.assert_close(enc.body[10].weight, ref[10].weight)
+
+
+@needs_shared
+def test_offline_vgg16_loads_and_gives_meaningful_features():
+    enc = VGGFeatures(["conv4_2"], arch="vgg16", weights=str(OFFLINE_VGG16))
+    x = torch.rand(1, 3, 64, 64)
+    assert enc(x)["conv4_2"].abs().mean() > 0
+    with pytest.raises(UserError, match="lacks|shape"):
+        VGGFeatures(["conv5_4"], arch="vgg19", weights=str(OFFLINE_VGG16))
+
+
+def test_content_style_loss_terms():
+    torch.manual_seed(0)
+    loss = ContentStyleLoss(arch="vgg16", weights="random", tv_weight=0.5)
+    style = torch.rand(1, 3, 48, 48)
+    loss.set_style(style)
+    content = torch.rand(2, 3, 48, 48)
+    same = loss(content, content)
+    assert same["content_loss"] == 0 and same["style_loss"] > 0
+    # The style image itself has (up to float error) zero style loss.
+    on_style = loss(style, torch.rand(1, 3, 48, 48))
+    assert on_style["style_loss"] < 1e-6
+    total = loss.content_weight * same["content_loss"] + loss.style_weight * same["style_loss"] + 0.5 * same["tv_loss"]
+    torch.testing.assert_close(same["loss"], total)
+
+
+def test_loss_is_per_sample():
+    torch.manual_seed(0)
+    loss = ContentStyleLoss(arch="vgg16", weights="random", style_layers={"conv1_1": 1.0, "conv2_1": 1.0})
+    loss.set_style(torch.rand(1, 3, 32, 32))
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    ca, cb = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    both = loss(torch.cat([a, b]), torch.cat([ca, cb]))
+    mean = {k: (loss(a, ca)[k] + loss(b, cb)[k]) / 2 for k in ("content_loss", "style_loss")}
+    torch.testing.assert_close(both["style_loss"], mean["style_loss"], rtol=1e-4, atol=1e-6)
+
+
+def test_unnormalized_losses_are_the_raw_paper_terms():
+    torch.manual_seed(0)
+    loss = ContentStyleLoss(weights="random", arch="vgg16", style_layers={"conv1_1": 0.5}, normalize=False)
+    style = torch.rand(1, 3, 32, 32)
+    loss.set_style(style)
+    out, content = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    terms = loss(out, content)
+    f_out, f_c, f_s = loss.encoder(out), loss.encoder(content), loss.encoder(style)
+    torch.testing.assert_close(terms["content_loss"], F.mse_loss(f_out["conv4_2"], f_c["conv4_2"]))
+    torch.testing.assert_close(
+        terms["style_loss"], 0.5 * F.mse_loss(gram_matrix(f_out["conv1_1"]), gram_matrix(f_s["conv1_1"]))
+    )
+
+
+def test_style_layers_as_lists_or_mapping():
+    as_lists = ContentStyleLoss(weights="random", arch="vgg16", style_layers=["conv1_1", "relu2_1"],
+                                style_layer_weights=[0.5, 2])
+    assert as_lists.style_layers == {"conv1_1": 0.5, "relu2_1": 2.0}
+    assert ContentStyleLoss(weights="random", arch="vgg16", style_layers=["conv1_1"]).style_layers == {"conv1_1": 1.0}
+    with pytest.raises(UserError, match="2 entries"):
+        ContentStyleLoss(weights="random", arch="vgg16", style_layers=["conv1_1", "conv2_1"], style_layer_weights=[1])
+    with pytest.raises(UserError, match="empty"):
+        ContentStyleLoss(weights="random", arch="vgg16", style_layers=[])
+
+
+def test_loss_requires_a_style_and_valid_weights():
+    loss = ContentStyleLoss(weights="random", arch="vgg16", style_layers={"conv1_1": 1.0})
+    with pytest.raises(RuntimeError, match="set_style"):
+        loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    with pytest.raises(UserError, match="style_weight"):
+        ContentStyleLoss(weights="random", arch="vgg16", style_weight=-1)

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from hrstyle.models import HRNet, count_macs_per_pixel, count_parameters, frozen_norm_stats
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32, 32), (2, 3, 33, 47), (3, 3, 17, 9), (1, 3, 1, 5), (2, 3, 64, 30)])
+def test_output_has_input_shape_and_range(shape):
+    torch.manual_seed(0)
+    model = HRNet()
+    x = torch.rand(shape)
+    y = model(x)
+    assert y.shape == x.shape
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.isfinite(y).all()
+
+
+def test_gradients_reach_every_parameter():
+    model = HRNet()
+    x = torch.rand(2, 3, 29, 35)
+    (model(x) - x).pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing
+
+
+def test_batch_items_are_independent():
+    # Instance norm: an image's output must not depend on the other images of its batch.
+    torch.manual_seed(0)
+    model = HRNet().eval()
+    a, b = torch.rand(1, 3, 36, 36), torch.rand(1, 3, 36, 36)
+    together = model(torch.cat([a, b]))
+    torch.testing.assert_close(together[:1], model(a), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate"])
+@pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
+def test_width_and_padding_mode(width, padding_mode):
+    model = HRNet(width=width, padding_mode=padding_mode)
+    assert model.config == {"width": width, "padding_mode": padding_mode}
+    assert model(torch.rand(1, 3, 21, 26)).shape == (1, 3, 21, 26)
+    assert HRNet(**model.config).state_dict().keys() == model.state_dict().keys()
+
+
+def test_wider_network_has_more_parameters():
+    assert count_parameters(HRNet(width=0.5)) < count_parameters(HRNet()) < count_parameters(HRNet(width=2))
+
+
+def test_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="padding_mode"):
+        HRNet(padding_mode="circularish")
+    with pytest.raises(ValueError, match="width"):
+        HRNet(width=0)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        HRNet()(torch.rand(1, 4, 16, 16))
+
+
+def test_documented_size_and_cost():
+    model = HRNet()
+    assert count_parameters(model) == 65_791
+    assert count_macs_per_pixel(model) == pytest.approx(35_420, rel=0.01)
+    import hrstyle.models.hrnet as hrnet
+
+    assert "65,791 parameters" in hrnet.__doc__ and "35.4 kMAC per pixel" in hrnet.__doc__
+
+
+def test_frozen_norm_stats_reproduce_live_output():
+    torch.manual_seed(0)
+    model = HRNet().eval()
+    x = torch.rand(1, 3, 40, 44)
+    with torch.no_grad():
+        live = model(x)
+        with frozen_norm_stats(model, x):
+            frozen = model(x)
+            # With frozen statistics a crop is normalized like the whole image.
+            crop = model(x[..., :20, :24])
+        after = model(x)
+    torch.testing.assert_close(frozen, live, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after, live)
+    assert not torch.allclose(crop, model(x[..., :20, :24]), atol=1e-3)

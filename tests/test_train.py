@@ -1,0 +1,112 @@
+"""Training end to end on tiny images: checkpoints, TensorBoard, resume, errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+from hrstyle.errors import UserError
+from hrstyle.training.train import train
+from test_configs import compose_train
+
+FAST = [
+    "trainer=cpu", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    "data.image_size=32", "data.batch_size=2", "data.val_count=2", "data.val_size=32", "data.num_workers=0",
+    "loss.arch=vgg16", "loss.weights=random", "loss.content_layer=conv2_2",
+    "loss.style_layers=[conv1_1,conv2_1]", "loss.style_layer_weights=[1.0,0.5]", "style.size=48",
+    "preview_every=2", "callbacks.model_checkpoint.every_n_train_steps=2",
+]
+
+
+def fast_cfg(tmp_path, photo_dir, style_path, *extra):
+    overrides = [*FAST, f"data.content={photo_dir}", f"style.image={style_path}", *extra]
+    return compose_train(overrides, tmp_path / "run")
+
+
+@pytest.fixture
+def trained(tmp_path, photo_dir, style_path):
+    cfg = fast_cfg(tmp_path, photo_dir, style_path)
+    return cfg, train(cfg)
+
+
+def test_training_writes_checkpoint_and_tensorboard(trained):
+    cfg, result = trained
+    assert result["global_step"] == 4
+    ckpt = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=False)
+    # Everything inference needs, nothing of the loss network.
+    assert ckpt["hrstyle"]["generator_config"] == {"width": 1.0, "padding_mode": "zeros"}
+    assert all(k.startswith("generator.") for k in ckpt["state_dict"])
+    events = EventAccumulator(result["log_dir"], size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/content_loss", "train/style_loss", "train/tv_loss", "val/loss"} <= scalars
+    assert "preview/content_stylized" in events.Tags()["images"]
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) >= 3 and all(v == v and v > 0 for v in losses)
+    preview = events.Images("preview/content_stylized")[-1]
+    assert preview.width > 32 and preview.height > 32  # a content|stylized grid, not a single image
+
+
+def test_resume_continues_the_step_count(trained, tmp_path, photo_dir, style_path):
+    _, first = trained
+    cfg = fast_cfg(tmp_path / "resumed", photo_dir, style_path, "trainer.max_steps=6",
+                   f"ckpt_path={first['last_checkpoint']}")
+    second = train(cfg)
+    assert second["global_step"] == 6
+    ckpt = torch.load(second["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    # The scheduler continued too: StepLR state is in the checkpoint.
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 6
+
+
+def test_training_lowers_the_loss(tmp_path, photo_dir, style_path):
+    cfg = fast_cfg(tmp_path, photo_dir, style_path, "trainer.max_steps=30", "data.content=null",
+                   "optimizer.lr=0.01", "preview_every=0", "trainer.val_check_interval=30")
+    result = train(cfg)
+    events = EventAccumulator(result["log_dir"], size_guidance={"scalars": 0})
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_missing_style_image_and_checkpoint_are_user_errors(tmp_path, photo_dir):
+    cfg = fast_cfg(tmp_path, photo_dir, tmp_path / "nope.jpg", "style.url=null")
+    with pytest.raises(UserError, match="style image not found"):
+        train(cfg)
+    cfg = fast_cfg(tmp_path, photo_dir, tmp_path / "nope.jpg", f"ckpt_path={tmp_path}/missing.ckpt")
+    with pytest.raises(UserError, match="checkpoint"):
+        train(cfg)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, "scripts/train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing_style", "missing_content", "empty_content", "offline_style_download"])
+def test_script_reports_bad_input_without_traceback(case, tmp_path, style_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {
+        "missing_style": [f"style.image={tmp_path}/nope.jpg", "style.url=null"],
+        "missing_content": [f"style.image={style_path}", f"data.content={tmp_path}/no_such_folder"],
+        "empty_content": [f"style.image={style_path}", f"data.content={empty}"],
+        "offline_style_download": [f"style.image={tmp_path}/styles/starry.jpg", "style.url=http://127.0.0.1:9/starry.jpg"],
+    }[case]
+    expected = {"missing_style": "style image not found", "missing_content": "content folder not found",
+                "empty_content": "no images", "offline_style_download": "could not be downloaded"}[case]
+    proc = run_script("loss.weights=random", f"hydra.run.dir={tmp_path}/out", *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_script_end_to_end(tmp_path, photo_dir, style_path):
+    proc = run_script(*FAST, f"data.content={photo_dir}", f"style.image={style_path}",
+                      f"hydra.run.dir={tmp_path}/out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Checkpoint:" in proc.stdout and (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
