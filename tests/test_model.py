@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from hrstyle.models.hrnet import Bottleneck
+
 from hrstyle.models import HRNet, count_macs_per_pixel, count_parameters, frozen_norm_stats
 
 
@@ -57,10 +59,24 @@ def test_bad_arguments_and_inputs():
 def test_documented_size_and_cost():
     model = HRNet()
     assert count_parameters(model) == 65_791
-    assert count_macs_per_pixel(model) == pytest.approx(35_420, rel=0.01)
+    assert count_macs_per_pixel(model) == pytest.approx(20_060, rel=0.01)
     import hrstyle.models.hrnet as hrnet
 
     assert "65,791 parameters" in hrnet.__doc__ and "35.4 kMAC per pixel" in hrnet.__doc__
+    assert "20.1 kMAC" in hrnet.__doc__
+
+
+def test_fused_head_equals_concatenate_then_convolve():
+    # FusionBottleneck must compute exactly Bottleneck(cat(full, up(half), up(quarter))).
+    torch.manual_seed(0)
+    model = HRNet().eval()
+    fused = model.head[0]
+    plain = Bottleneck(192, 64)
+    plain.load_state_dict(fused.state_dict())
+    full, half, quarter = torch.randn(2, 64, 24, 20), torch.randn(2, 64, 12, 10), torch.randn(2, 64, 6, 5)
+    up = lambda t: torch.nn.functional.interpolate(t, size=(24, 20), mode="bilinear", align_corners=False)  # noqa: E731
+    torch.testing.assert_close(fused(full, half, quarter), plain(torch.cat((full, up(half), up(quarter)), 1)),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_frozen_norm_stats_reproduce_live_output():

@@ -6,15 +6,15 @@ would be normalized with its own statistics and the tiles would no longer agree.
 ``StatsInstanceNorm2d`` therefore has three modes:
 
 * ``"live"`` (default): ordinary instance norm, statistics from the input itself.
-* ``"record"``: ordinary instance norm that also stores the statistics it used.
-* ``"frozen"``: normalize with the stored statistics (e.g. those of a thumbnail of the
-  whole image), so that every tile of one image is normalized identically.
+* ``"record"``: normalize with, and store, statistics pooled over the whole batch
+  (for a batch of one image: exactly instance norm). Feeding crops of one image as a
+  batch estimates that image's statistics.
+* ``"frozen"``: normalize with the stored statistics, so that every tile of one image
+  is normalized identically.
 """
 
-from __future__ import annotations
-
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,48 +24,67 @@ from torch import nn
 class StatsInstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` (affine, no running stats) with recordable statistics."""
 
+    # Declared for TorchScript, which otherwise types the attribute from its first value (None).
+    recorded: Optional[Tuple[torch.Tensor, torch.Tensor]]
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
         self.mode = "live"
-        self.recorded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.recorded = None
+        # In "record" mode, ignore this fraction of each side when pooling statistics:
+        # the outputs near the edges of crops are altered by zero padding.
+        self.record_border = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "live":
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         if self.mode == "record":
-            var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0, keepdim=True)
+            h, w = x.shape[-2], x.shape[-1]
+            bh, bw = int(h * self.record_border), int(w * self.record_border)
+            inner = x[:, :, bh : h - bh, bw : w - bw]
+            var, mean = torch.var_mean(inner.float(), dim=(0, 2, 3), correction=0, keepdim=True)
             self.recorded = (mean, var)
-        elif self.recorded is None:
+        recorded = self.recorded
+        if recorded is None:
             raise RuntimeError("frozen instance norm used before any statistics were recorded")
-        mean, var = self.recorded
+        mean, var = recorded
         # Affine folded into one scale and shift: a single pass over the big tensor.
         scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
         shift = self.bias.view(1, -1, 1, 1) - mean * scale
         return x * scale.to(x.dtype) + shift.to(x.dtype)
 
 
-def set_norm_mode(model: nn.Module, mode: str) -> None:
+def set_norm_mode(model: nn.Module, mode: str, record_border: float = 0.0) -> None:
     """Switch every ``StatsInstanceNorm2d`` in ``model`` to ``mode`` (live/record/frozen)."""
     if mode not in ("live", "record", "frozen"):
         raise ValueError(f"unknown instance-norm mode {mode!r}")
     for module in model.modules():
         if isinstance(module, StatsInstanceNorm2d):
             module.mode = mode
+            module.record_border = record_border
             if mode == "live":
                 module.recorded = None
 
 
 @contextmanager
-def frozen_norm_stats(model: nn.Module, reference: torch.Tensor) -> Iterator[None]:
+def frozen_norm_stats(
+    model: nn.Module,
+    reference: torch.Tensor,
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    border: float = 0.0,
+) -> Iterator[None]:
     """Within the block, normalize with the instance-norm statistics of ``reference``.
 
-    ``reference`` is a (1, 3, h, w) image in [0, 1], typically a downscaled copy of the
-    whole picture; every forward inside the block (e.g. one per tile) then uses its
-    statistics, so tiles are normalized consistently.
+    ``reference`` is an (N, 3, h, w) batch in [0, 1]: one whole image, or crops of one
+    image whose pooled statistics stand for the whole. Every forward inside the block
+    (e.g. one per tile) then uses these statistics, so tiles are normalized consistently.
+    ``forward`` (default: ``model``) runs the recording pass, e.g. under the same autocast
+    as the tiles. ``border``: fraction of each side of the reference ignored in the
+    statistics (for crops: the band their zero padding alters).
     """
-    set_norm_mode(model, "record")
+    set_norm_mode(model, "record", border)
     try:
-        model(reference)
+        (forward or model)(reference)
         set_norm_mode(model, "frozen")
         yield
     finally:

@@ -1,0 +1,140 @@
+"""The Python inference API: a trained style applied to images in one forward pass."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+
+from hrstyle.data.images import pil_to_tensor, tensor_to_pil
+from hrstyle.errors import UserError
+from hrstyle.inference.checkpoint import load_generator
+from hrstyle.inference.color import apply_strength, preserve_color
+from hrstyle.inference.tiling import stylize_tiled
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto" → CUDA if available, else CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda requested but CUDA is not available (use device=cpu)")
+    return dev
+
+
+class Stylizer:
+    """Stylize images with a trained checkpoint.
+
+    Args:
+        checkpoint: a ``.ckpt`` from ``scripts/train.py`` or a compact ``.pt``.
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        precision: "fp32", or "bf16"/"fp16" (autocast; GPU. bf16 also runs on CPU).
+        tile_size: images with more than tile_size² pixels are processed in tiles of
+            this side (memory stays bounded); 0 disables tiling.
+        tile_margin: context pixels around each tile (>= the 13 px receptive field).
+        stats_pixels: pixel budget for estimating the instance-norm statistics of a
+            tiled image (see ``hrstyle.inference.tiling.stats_reference``).
+        strength: 1 = full style, 0 = the original photo.
+        preserve_color: keep the photo's colours, take only the stylized luminance.
+        channels_last: NHWC memory layout (faster convolutions on CPU and GPU).
+        compile: ``torch.compile`` the generator (slow first call, faster after).
+
+    ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
+    PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        device: str = "auto",
+        precision: str = "fp32",
+        tile_size: int = 1024,
+        tile_margin: int = 32,
+        stats_pixels: int = 1024 * 1024,
+        strength: float = 1.0,
+        preserve_color: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if not 0.0 <= strength <= 1.0:
+            raise UserError(f"strength must be in [0, 1], got {strength}")
+        if tile_size and tile_size < 4 * tile_margin + 16:
+            raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin}")
+        self.device = pick_device(device)
+        self.dtype = PRECISIONS[precision]
+        if self.dtype == torch.float16 and self.device.type == "cpu":
+            raise UserError("precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        self.model, self.meta = load_generator(checkpoint, map_location="cpu")
+        self.model.to(self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._net: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if compile:
+            # dynamic=True: one graph for every image and tile size.
+            self._net = torch.compile(self.model, dynamic=True)
+        self.tile_size, self.tile_margin, self.stats_pixels = tile_size, tile_margin, stats_pixels
+        self.strength, self.preserve_color = strength, preserve_color
+
+    @property
+    def style_name(self) -> str:
+        return str(self.meta.get("style_name", "style"))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Generator on a batch already on the device."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self._net(x)
+
+    def needs_tiling(self, height: int, width: int) -> bool:
+        return bool(self.tile_size) and height * width > self.tile_size * self.tile_size
+
+    @torch.inference_mode()
+    def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] → stylized (N, 3, H, W) float32 on the CPU."""
+        if images.dim() == 3:
+            return self.stylize_tensor(images.unsqueeze(0))[0]
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise UserError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
+        images = images.float()
+        h, w = images.shape[-2:]
+        if self.needs_tiling(h, w):
+            outs = [
+                stylize_tiled(
+                    self.model, img[None].cpu(), self._forward, self.tile_size, self.tile_margin,
+                    self.stats_pixels, self.device,
+                )
+                for img in images
+            ]
+            out = torch.cat(outs)
+        else:
+            out = self._forward(images).float().cpu()
+        return self.postprocess(out, images.cpu())
+
+    def postprocess(self, stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """Apply colour preservation and strength (both per pixel, cheap)."""
+        out = stylized.clamp(0, 1)
+        if self.preserve_color:
+            out = preserve_color(out, original)
+        return apply_strength(out, original, self.strength)
+
+    def __call__(self, image: torch.Tensor | Image.Image) -> torch.Tensor | Image.Image:
+        if isinstance(image, Image.Image):
+            return tensor_to_pil(self.stylize_tensor(pil_to_tensor(image)))
+        return self.stylize_tensor(image)
