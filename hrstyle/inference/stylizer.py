@@ -41,8 +41,6 @@ class Stylizer:
         tile_size: images with more than tile_size² pixels are processed in tiles of
             this side (memory stays bounded); 0 disables tiling.
         tile_margin: context pixels around each tile (>= the 13 px receptive field).
-        stats_pixels: pixel budget for estimating the instance-norm statistics of a
-            tiled image (see ``hrstyle.inference.tiling.stats_reference``).
         strength: 1 = full style, 0 = the original photo.
         preserve_color: keep the photo's colours, take only the stylized luminance.
         channels_last: NHWC memory layout (faster convolutions on CPU and GPU).
@@ -59,7 +57,6 @@ class Stylizer:
         precision: str = "fp32",
         tile_size: int = 1024,
         tile_margin: int = 32,
-        stats_pixels: int = 1024 * 1024,
         strength: float = 1.0,
         preserve_color: bool = False,
         channels_last: bool = True,
@@ -84,7 +81,7 @@ class Stylizer:
         if compile:
             # dynamic=True: one graph for every image and tile size.
             self._net = torch.compile(self.model, dynamic=True)
-        self.tile_size, self.tile_margin, self.stats_pixels = tile_size, tile_margin, stats_pixels
+        self.tile_size, self.tile_margin = tile_size, tile_margin
         self.strength, self.preserve_color = strength, preserve_color
 
     @property
@@ -116,10 +113,7 @@ class Stylizer:
         h, w = images.shape[-2:]
         if self.needs_tiling(h, w):
             outs = [
-                stylize_tiled(
-                    self.model, img[None].cpu(), self._forward, self.tile_size, self.tile_margin,
-                    self.stats_pixels, self.device,
-                )
+                stylize_tiled(self.model, img[None].cpu(), self._forward, self.tile_size, self.tile_margin, self.device)
                 for img in images
             ]
             out = torch.cat(outs)

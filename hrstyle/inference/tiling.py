@@ -1,68 +1,140 @@
-"""Tiled inference: any image size in bounded memory, without seams.
+"""Tiled inference: any image size in bounded memory, equal to the untiled result.
 
 Two things make tiles disagree, and each has its fix:
 
-1. **Instance-norm statistics.** Every StatsInstanceNorm2d normalizes with the mean and
+1. **Instance-norm statistics.** Every instance norm normalizes with the mean and
    variance of the *whole* feature map. A tile alone would use its own statistics (a sky
-   tile and a forest tile would be normalized differently: visible blocks). We record
-   the statistics of every norm layer once, on a reference view of the whole image, and
-   freeze them for all tiles (``frozen_norm_stats``). The reference is the image itself
-   when it has at most ``stats_pixels`` pixels (then tiled = untiled up to float error);
-   otherwise a batch of full-resolution crops spread over the image, whose statistics
-   are pooled. This estimate is the only approximation of the method;
-   ``scripts/benchmark_infer.py --tiling`` measures it. (A downscaled thumbnail, as in
-   "thumbnail instance normalization", is much worse for this network: its features
-   are scale dependent.)
+   tile and a forest tile would be normalized differently: visible blocks). Estimates do
+   not work for this network: statistics from a 2× thumbnail, or pooled over crops that
+   cover a quarter of the image, change the output by 0.05–0.1 on average (measured on
+   a trained style), because its features are scale dependent and content dependent.
+   So the statistics are computed **exactly**, streamed tile by tile: norm layer k's
+   mean and variance are accumulated (float64 sums over each tile's core, which
+   partition the image) in a pass that stops right at layer k, with layers 1..k-1
+   already frozen to their exact values. Then the image is stylized tile by tile with
+   all statistics frozen. Memory stays that of one tile; compute is that of about ten
+   forward passes (each pass stops at the layer it measures), so tiling
+   only starts above ``tile_size``, and ``tile_size`` should be as large as memory allows.
 2. **Context at tile borders.** The generator's receptive field reaches 13 px (measured:
    a one-pixel change moves outputs at most 13 px away), so each tile is run with a
    ``margin`` of real image context around its core. Neighbouring tiles are blended with
    complementary linear ramps over the part of the overlap that is at least
-   ``RECEPTIVE_RADIUS`` px from both crop edges: no hard seam even where statistics
-   differ slightly, and no pixel altered by a crop's zero padding ever gets weight.
+   ``RECEPTIVE_RADIUS`` px from both crop edges: no pixel altered by a crop's zero
+   padding ever gets weight, and there is no hard seam.
 
 Tile origins are multiples of 4, so the strided half/quarter-resolution grids of every
-tile line up with those of the whole image.
+tile line up with those of the whole image. Result: tiled = untiled up to float
+rounding (tests check 1e-4; ``scripts/benchmark_infer.py --tiling`` reports it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hrstyle.models.norm import frozen_norm_stats
+from hrstyle.models.norm import StatsInstanceNorm2d, set_norm_mode
 
 ALIGN = 4
 #: Pixels near a crop edge whose output zero padding can change (measured 13, kept safe).
 RECEPTIVE_RADIUS = 16
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
-def stats_reference(image: torch.Tensor, max_pixels: int, crop: int = 256) -> torch.Tensor:
-    """What the instance-norm statistics of a (1, 3, H, W) image are estimated from.
 
-    The image itself when it has at most ``max_pixels`` pixels (exact statistics);
-    otherwise an (n, 3, crop, crop) batch of full-resolution crops on an even grid over
-    the image, about ``max_pixels`` in all, whose pooled statistics estimate the whole
-    image's. Full resolution matters: VGG-trained features are scale dependent, and the
-    statistics of a downscaled thumbnail differ a lot (tested: mean abs error 0.05 at a
-    2× thumbnail, against 0.00x for crops; see ``benchmark_infer.py --tiling``).
-    """
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its core (which the cores of all tiles partition) and its crop (core +
+    margin, clipped to the image), as [start, stop) rows and columns of the image."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    cy0: int
+    cy1: int
+    cx0: int
+    cx1: int
+
+
+def make_tiles(height: int, width: int, tile_size: int, margin: int) -> list[Tile]:
+    """Tiles whose crops are at most tile_size² and whose cores cover the image."""
+    core = (tile_size - 2 * margin) // ALIGN * ALIGN
+    if core < ALIGN:
+        raise ValueError(f"tile_size {tile_size} leaves no room inside margins of {margin}px")
+    tiles = []
+    for y0 in range(0, height, core):
+        for x0 in range(0, width, core):
+            y1, x1 = min(y0 + core, height), min(x0 + core, width)
+            tiles.append(Tile(y0, y1, x0, x1, max(0, y0 - margin), min(height, y1 + margin),
+                              max(0, x0 - margin), min(width, x1 + margin)))
+    return tiles
+
+
+class _StopForward(Exception):
+    """Raised by the accumulation hook: nothing after the layer being measured is needed."""
+
+
+def norm_layers_in_order(model: nn.Module) -> list[StatsInstanceNorm2d]:
+    """The model's instance norms in the order a forward pass reaches them."""
+    order: list[StatsInstanceNorm2d] = []
+    norms = [m for m in model.modules() if isinstance(m, StatsInstanceNorm2d)]
+    handles = [m.register_forward_pre_hook(lambda mod, _inp: order.append(mod)) for m in norms]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, 8, 8, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+@torch.inference_mode()
+def freeze_exact_norm_stats(
+    model: nn.Module, image: torch.Tensor, forward: Forward, tiles: list[Tile], device: torch.device | str
+) -> None:
+    """Set every norm of ``model`` to "frozen" with the statistics it would compute in an
+    untiled forward of the (1, 3, H, W) ``image`` (on the CPU), using only tile-sized
+    forwards. Undo with ``set_norm_mode(model, "live")``."""
     _, _, h, w = image.shape
-    if h * w <= max_pixels or min(h, w) < crop:
-        return image
-    count = max(1, max_pixels // (crop * crop))
-    rows = max(1, min(round((count * h / w) ** 0.5), h // crop))
-    cols = max(1, min(count // rows, w // crop))
+    padded_h, padded_w = h + (-h) % ALIGN, w + (-w) % ALIGN
+    set_norm_mode(model, "live")
+    for norm in norm_layers_in_order(model):
+        total = torch.zeros(2, norm.num_features, dtype=torch.float64, device=device)
+        count = 0
+        tile = tiles[0]
 
-    def starts(size: int, n: int) -> list[int]:
-        if n == 1:
-            return [(size - crop) // 2 // ALIGN * ALIGN]
-        return [round(i * (size - crop) / (n - 1)) // ALIGN * ALIGN for i in range(n)]
+        def accumulate(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            nonlocal count
+            x = inputs[0]
+            # The untiled forward pads the image to a multiple of 4 and normalizes over
+            # that; the last tiles' cores reach into the same padding.
+            crop_h = tile.cy1 - tile.cy0 + (-(tile.cy1 - tile.cy0)) % ALIGN
+            f = crop_h // x.shape[-2]  # 1, 2 or 4: this layer's stride
+            y_end = padded_h if tile.y1 == h else tile.y1
+            x_end = padded_w if tile.x1 == w else tile.x1
+            core = x[..., (tile.y0 - tile.cy0) // f : (y_end - tile.cy0) // f,
+                     (tile.x0 - tile.cx0) // f : (x_end - tile.cx0) // f].double()
+            total[0] += core.sum(dim=(0, 2, 3))
+            total[1] += core.square().sum(dim=(0, 2, 3))
+            count += core.shape[-2] * core.shape[-1]
+            raise _StopForward
 
-    crops = [image[..., y : y + crop, x : x + crop] for y in starts(h, rows) for x in starts(w, cols)]
-    return torch.cat(crops)
+        handle = norm.register_forward_pre_hook(accumulate)
+        try:
+            for tile in tiles:
+                try:
+                    forward(image[..., tile.cy0 : tile.cy1, tile.cx0 : tile.cx1].to(device))
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
+        mean = total[0] / count
+        var = (total[1] / count - mean.square()).clamp_min(0)
+        norm.recorded = (mean.float().view(1, -1, 1, 1), var.float().view(1, -1, 1, 1))
+        norm.mode = "frozen"
 
 
 def _blend_weights(start: int, stop: int, lo: int, hi: int, size: int, half: int) -> torch.Tensor:
@@ -83,58 +155,45 @@ def _blend_weights(start: int, stop: int, lo: int, hi: int, size: int, half: int
     return weight
 
 
-def tile_starts(size: int, core: int) -> list[int]:
-    """Start offsets of tile cores of length ``core`` covering ``[0, size)``."""
-    return list(range(0, size, core))
-
-
 @torch.inference_mode()
 def stylize_tiled(
     model: nn.Module,
     image: torch.Tensor,
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Forward,
     tile_size: int = 1024,
     margin: int = 32,
-    stats_pixels: int = 1024 * 1024,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Stylize a (1, 3, H, W) image in [0, 1] tile by tile.
+    """Stylize a (1, 3, H, W) image in [0, 1] tile by tile, equal to the untiled result.
 
     Args:
-        model: the generator (its norm layers get frozen statistics).
+        model: the generator (its norm layers are frozen to exact statistics, then reset).
         image: the whole image, on the CPU (only tiles are moved to ``device``).
         forward: runs the generator on a (1, 3, h, w) tile on ``device`` (may add autocast,
             channels_last, a compiled model, ...).
         tile_size: side of the square crop fed to the network, margins included.
-        margin: context pixels on each side of a tile's core (>= the receptive field).
-        stats_pixels: pixel budget of the view that instance-norm statistics are
-            estimated from (see ``stats_reference``).
+        margin: context pixels on each side of a tile's core (>= RECEPTIVE_RADIUS + 4).
 
     Returns the stylized (1, 3, H, W) float32 image on the CPU.
     """
-    if image.shape[0] != 1:
-        raise ValueError("stylize_tiled takes one image at a time")
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError("stylize_tiled takes one (1, 3, H, W) image")
     margin = -(-margin // ALIGN) * ALIGN
     if margin < RECEPTIVE_RADIUS + 4:
         raise ValueError(f"tile margin must be at least {RECEPTIVE_RADIUS + 4}px, got {margin}")
     half = margin - RECEPTIVE_RADIUS  # half-width of the blending band around each boundary
-    core = (tile_size - 2 * margin) // ALIGN * ALIGN
-    if core < ALIGN:
-        raise ValueError(f"tile_size {tile_size} leaves no room inside margins of {margin}px")
     _, _, h, w = image.shape
+    tiles = make_tiles(h, w, tile_size, margin)
     out = torch.zeros(1, 3, h, w)
     total = torch.zeros(1, 1, h, w)
-    reference = stats_reference(image, stats_pixels).to(device)
-    with frozen_norm_stats(model, reference, forward):
-        for y0 in tile_starts(h, core):
-            for x0 in tile_starts(w, core):
-                y1, x1 = min(y0 + core, h), min(x0 + core, w)
-                cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
-                cy1, cx1 = min(h, y1 + margin), min(w, x1 + margin)
-                tile = forward(image[..., cy0:cy1, cx0:cx1].to(device)).float().cpu()
-                wy = _blend_weights(cy0, cy1, y0, y1, h, half)
-                wx = _blend_weights(cx0, cx1, x0, x1, w, half)
-                weight = wy[:, None] * wx[None, :]
-                out[..., cy0:cy1, cx0:cx1] += tile * weight
-                total[..., cy0:cy1, cx0:cx1] += weight
+    try:
+        freeze_exact_norm_stats(model, image, forward, tiles, device)
+        for t in tiles:
+            result = forward(image[..., t.cy0 : t.cy1, t.cx0 : t.cx1].to(device)).float().cpu()
+            weight = (_blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)[:, None]
+                      * _blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)[None, :])
+            out[..., t.cy0 : t.cy1, t.cx0 : t.cx1] += result * weight
+            total[..., t.cy0 : t.cy1, t.cx0 : t.cx1] += weight
+    finally:
+        set_norm_mode(model, "live")
     return out.div_(total)

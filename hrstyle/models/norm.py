@@ -7,10 +7,10 @@ would be normalized with its own statistics and the tiles would no longer agree.
 
 * ``"live"`` (default): ordinary instance norm, statistics from the input itself.
 * ``"record"``: normalize with, and store, statistics pooled over the whole batch
-  (for a batch of one image: exactly instance norm). Feeding crops of one image as a
-  batch estimates that image's statistics.
-* ``"frozen"``: normalize with the stored statistics, so that every tile of one image
-  is normalized identically.
+  (for a batch of one image: exactly instance norm).
+* ``"frozen"``: normalize with the stored statistics (recorded, or set from outside as
+  ``hrstyle.inference.tiling`` does), so that every tile of one image is normalized
+  identically.
 """
 
 from contextlib import contextmanager
@@ -31,18 +31,12 @@ class StatsInstanceNorm2d(nn.InstanceNorm2d):
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
         self.mode = "live"
         self.recorded = None
-        # In "record" mode, ignore this fraction of each side when pooling statistics:
-        # the outputs near the edges of crops are altered by zero padding.
-        self.record_border = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "live":
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         if self.mode == "record":
-            h, w = x.shape[-2], x.shape[-1]
-            bh, bw = int(h * self.record_border), int(w * self.record_border)
-            inner = x[:, :, bh : h - bh, bw : w - bw]
-            var, mean = torch.var_mean(inner.float(), dim=(0, 2, 3), correction=0, keepdim=True)
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0, keepdim=True)
             self.recorded = (mean, var)
         recorded = self.recorded
         if recorded is None:
@@ -54,14 +48,13 @@ class StatsInstanceNorm2d(nn.InstanceNorm2d):
         return x * scale.to(x.dtype) + shift.to(x.dtype)
 
 
-def set_norm_mode(model: nn.Module, mode: str, record_border: float = 0.0) -> None:
+def set_norm_mode(model: nn.Module, mode: str) -> None:
     """Switch every ``StatsInstanceNorm2d`` in ``model`` to ``mode`` (live/record/frozen)."""
     if mode not in ("live", "record", "frozen"):
         raise ValueError(f"unknown instance-norm mode {mode!r}")
     for module in model.modules():
         if isinstance(module, StatsInstanceNorm2d):
             module.mode = mode
-            module.record_border = record_border
             if mode == "live":
                 module.recorded = None
 
@@ -71,18 +64,16 @@ def frozen_norm_stats(
     model: nn.Module,
     reference: torch.Tensor,
     forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    border: float = 0.0,
 ) -> Iterator[None]:
     """Within the block, normalize with the instance-norm statistics of ``reference``.
 
-    ``reference`` is an (N, 3, h, w) batch in [0, 1]: one whole image, or crops of one
-    image whose pooled statistics stand for the whole. Every forward inside the block
+    ``reference`` is an (N, 3, h, w) batch in [0, 1], usually one whole image (with
+    N > 1 the statistics are pooled over the batch). Every forward inside the block
     (e.g. one per tile) then uses these statistics, so tiles are normalized consistently.
     ``forward`` (default: ``model``) runs the recording pass, e.g. under the same autocast
-    as the tiles. ``border``: fraction of each side of the reference ignored in the
-    statistics (for crops: the band their zero padding alters).
+    as the tiles.
     """
-    set_norm_mode(model, "record", border)
+    set_norm_mode(model, "record")
     try:
         (forward or model)(reference)
         set_norm_mode(model, "frozen")

@@ -1,0 +1,194 @@
+"""Stylize files: a photo, a folder (mirrored), or a glob, with decoding and encoding in
+background threads so the model never waits for disk or codecs."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hrstyle.data.images import is_image_file, open_rgb, pil_to_tensor, resize_long_side, save_image_atomic, tensor_to_pil
+from hrstyle.errors import UserError
+from hrstyle.inference.stylizer import Stylizer
+
+OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to stylize: where it comes from and where the result goes."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    megapixels: float = 0.0
+    seconds: float = 0.0
+
+
+def _suffix(src: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt.lower() not in OUTPUT_FORMATS:
+            raise UserError(f"format must be one of {sorted(set(OUTPUT_FORMATS))}, got {fmt!r}")
+        return OUTPUT_FORMATS[fmt.lower()]
+    return src.suffix.lower() if src.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else ".png"
+
+
+def plan_jobs(input: str, output: str | None, fmt: str | None = None, style: str = "style") -> tuple[list[Job], list[Path]]:
+    """Map ``input`` (a file, a folder searched recursively, or a glob) to output paths.
+
+    Returns ``(jobs, skipped)``: skipped are files that are not images. A folder or glob
+    is mirrored under ``output`` (default ``outputs/stylized/<name>``); a single file goes
+    to ``output`` if it has an image suffix, else into that folder
+    (default ``outputs/stylized/<stem>_<style>.<ext>``).
+    """
+    magic = glob.has_magic(input)
+    src = Path(input).expanduser()
+    if not magic and src.is_file():
+        if output and Path(output).suffix:
+            return [Job(src, Path(output).expanduser())], []
+        folder = Path(output).expanduser() if output else Path("outputs/stylized")
+        name = src.stem if output else f"{src.stem}_{style}"
+        return [Job(src, folder / f"{name}{_suffix(src, fmt)}")], []
+
+    if magic:
+        base = _glob_base(input)
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(input), recursive=True) if Path(p).is_file())
+        default_out = Path("outputs/stylized") / (base.name or "glob")
+    elif src.is_dir():
+        base = src
+        files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+        default_out = Path("outputs/stylized") / src.resolve().name
+    else:
+        raise UserError(f"input not found: {input}")
+    out_dir = Path(output).expanduser() if output else default_out
+    if out_dir.suffix and is_image_file(out_dir):
+        raise UserError(f"input {input} has several images: output must be a folder, not {out_dir}")
+    # Never read our own outputs back as inputs (output folder inside the input folder).
+    files = [p for p in files if out_dir.resolve() not in p.resolve().parents]
+    images = [p for p in files if is_image_file(p)]
+    skipped = [p for p in files if not is_image_file(p)]
+    jobs = [Job(p, out_dir / p.relative_to(base).with_suffix(_suffix(p, fmt))) for p in images]
+    return jobs, skipped
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard (outputs mirror below it)."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _decode(job: Job, max_size: int | None) -> tuple[torch.Tensor, bytes | None]:
+    img = open_rgb(job.src)
+    icc = img.info.get("icc_profile")
+    if max_size and max(img.size) > max_size:
+        img = resize_long_side(img, max_size)
+    return pil_to_tensor(img), icc
+
+
+def _encode(image: torch.Tensor, job: Job, quality: int, icc: bytes | None, protect: set[Path]) -> Path:
+    kwargs: dict = {"quality": quality} if job.dst.suffix in (".jpg", ".webp") else {"compress_level": 4}
+    if icc:
+        kwargs["icc_profile"] = icc
+    return save_image_atomic(tensor_to_pil(image), job.dst, protect=protect, **kwargs)
+
+
+def stylize_files(
+    stylizer: Stylizer,
+    jobs: list[Job],
+    quality: int = 95,
+    max_size: int | None = None,
+    batch_size: int = 4,
+    workers: int = 2,
+    log: Callable[[str], None] = print,
+) -> Summary:
+    """Stylize every job; a bad file is reported and skipped, the others go on.
+
+    Images of the same size that need no tiling are stacked into batches of up to
+    ``batch_size``. Decoding runs ahead in ``workers`` threads; encoding and atomic
+    writes happen in the background too.
+    """
+    summary = Summary()
+    protect = {j.src.resolve() for j in jobs}
+    clashes = [j.dst for j in jobs if j.dst.resolve() in protect]
+    if clashes:
+        raise UserError(f"output would overwrite the input {clashes[0]}: choose another output")
+    n = len(jobs)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode") as decoder, \
+            ThreadPoolExecutor(max(1, workers), thread_name_prefix="encode") as encoder:
+        pending_writes: list[tuple[int, Job, Future]] = []
+        for batch in _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log):
+            t0 = time.perf_counter()
+            stacked = torch.stack([x for _, _, x, _ in batch])
+            outputs = stylizer.stylize_tensor(stacked)
+            per_image = (time.perf_counter() - t0) / len(batch)
+            for (index, job, x, icc), out in zip(batch, outputs):
+                h, w = x.shape[-2:]
+                summary.megapixels += h * w / 1e6
+                log(f"[{index + 1}/{n}] {job.src} ({w}x{h}) -> {job.dst}  {per_image * 1000:.0f} ms"
+                    + ("  (tiled)" if stylizer.needs_tiling(h, w) else ""))
+                pending_writes.append((index, job, encoder.submit(_encode, out, job, quality, icc, protect)))
+        for index, job, future in pending_writes:
+            try:
+                future.result()
+                summary.done += 1
+            except (UserError, OSError, ValueError) as exc:
+                summary.failed.append(f"{job.src}: cannot write {job.dst}: {exc}")
+                log(f"[{index + 1}/{n}] error: cannot write {job.dst}: {exc}")
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log) -> Iterator[list]:
+    """Decoded images in order, grouped into same-size batches; decoding runs ahead."""
+    queue: deque[tuple[int, Job, Future]] = deque()
+    todo = iter(enumerate(jobs))
+    ahead = 2 * max(1, batch_size)
+
+    def refill() -> None:
+        while len(queue) < ahead:
+            item = next(todo, None)
+            if item is None:
+                return
+            index, job = item
+            queue.append((index, job, decoder.submit(_decode, job, max_size)))
+
+    batch: list = []
+    refill()
+    while queue:
+        index, job, future = queue.popleft()
+        refill()
+        try:
+            image, icc = future.result()
+        except UserError as exc:
+            summary.failed.append(str(exc))
+            log(f"[{index + 1}/{len(jobs)}] skipped: {exc}")
+            continue
+        h, w = image.shape[-2:]
+        fits = batch and batch[0][2].shape == image.shape and len(batch) < batch_size
+        if batch and (not fits or stylizer.needs_tiling(h, w)):
+            yield batch
+            batch = []
+        batch.append((index, job, image, icc))
+    if batch:
+        yield batch
