@@ -78,6 +78,8 @@ def plan_jobs(input: str, output: str | None, fmt: str | None = None, style: str
     out_dir = Path(output).expanduser() if output else default_out
     if out_dir.suffix and is_image_file(out_dir):
         raise UserError(f"input {input} has several images: output must be a folder, not {out_dir}")
+    if out_dir.resolve() == base.resolve():
+        raise UserError(f"output folder {out_dir} is the input folder: results would overwrite the photos")
     # Never read our own outputs back as inputs (output folder inside the input folder).
     files = [p for p in files if out_dir.resolve() not in p.resolve().parents]
     images = [p for p in files if is_image_file(p)]

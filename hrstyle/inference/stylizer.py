@@ -13,7 +13,7 @@ from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import load_generator
 from hrstyle.inference.color import apply_strength, preserve_color
-from hrstyle.inference.tiling import stylize_tiled
+from hrstyle.inference.tiling import RECEPTIVE_RADIUS, stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,8 +66,10 @@ class Stylizer:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if not 0.0 <= strength <= 1.0:
             raise UserError(f"strength must be in [0, 1], got {strength}")
-        if tile_size and tile_size < 4 * tile_margin + 16:
-            raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin}")
+        if tile_margin < RECEPTIVE_RADIUS + 4:
+            raise UserError(f"tile_margin must be at least {RECEPTIVE_RADIUS + 4} (the receptive field), got {tile_margin}")
+        if tile_size and tile_size < 2 * tile_margin + 32:
+            raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin} (min {2 * tile_margin + 32})")
         self.device = pick_device(device)
         self.dtype = PRECISIONS[precision]
         if self.dtype == torch.float16 and self.device.type == "cpu":

@@ -1,0 +1,187 @@
+"""Inference API, tiling, colour controls and the infer script."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, random_photo
+from hrstyle.errors import UserError
+from hrstyle.inference import Stylizer, apply_strength, plan_jobs, preserve_color, save_generator, stylize_files
+from hrstyle.inference.color import rgb_to_ycbcr, ycbcr_to_rgb
+from hrstyle.inference.tiling import make_tiles, stylize_tiled
+from hrstyle.models import HRNet
+
+SHIPPED = ROOT / "checkpoints" / "starry.pt"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = HRNet()
+    # Make the random network less trivial: non-zero norm affine parameters.
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data.uniform_(-0.5, 0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "style.pt"
+    meta = {"generator_class": "hrstyle.models.hrnet.HRNet", "generator_config": model.config, "style_name": "test"}
+    return save_generator(path, model, meta)
+
+
+@pytest.fixture
+def stylizer(checkpoint):
+    return Stylizer(checkpoint, device="cpu", tile_size=0, channels_last=False)
+
+
+@pytest.mark.parametrize("shape", [(3, 31, 45), (2, 3, 17, 64), (1, 3, 5, 3)])
+def test_stylizer_keeps_shape_and_range(stylizer, shape):
+    x = torch.rand(shape)
+    y = stylizer(x)
+    assert y.shape == x.shape and y.dtype == torch.float32 and 0 <= y.min() and y.max() <= 1
+
+
+def test_stylizer_accepts_pil_images(stylizer):
+    img = Image.new("RGB", (33, 21), (120, 40, 200))
+    out = stylizer(img)
+    assert isinstance(out, Image.Image) and out.size == (33, 21) and out.mode == "RGB"
+
+
+@pytest.mark.parametrize("size,tile", [((150, 203), 96), ((97, 130), 80), ((64, 300), 120)])
+def test_tiled_equals_untiled(stylizer, size, tile):
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, *size)
+    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # some spatial structure
+    untiled = stylizer(x)
+    tiled = stylize_tiled(stylizer.model, x, stylizer._forward, tile_size=tile, margin=32)
+    assert len(make_tiles(*size, tile, 32)) > 1
+    assert (tiled - untiled).abs().max() < 1e-4
+    # And the norms are back to per-image statistics afterwards.
+    torch.testing.assert_close(stylizer(x), untiled)
+
+
+def test_stylizer_tiles_large_images(checkpoint):
+    tiled = Stylizer(checkpoint, device="cpu", tile_size=96, channels_last=False)
+    plain = Stylizer(checkpoint, device="cpu", tile_size=0, channels_last=False)
+    x = torch.rand(1, 3, 130, 110)
+    assert tiled.needs_tiling(130, 110) and not plain.needs_tiling(130, 110)
+    assert (tiled(x) - plain(x)).abs().max() < 1e-4
+
+
+def test_strength_zero_returns_the_input_and_blends_linearly(checkpoint):
+    x = torch.rand(1, 3, 24, 40)
+    assert torch.equal(Stylizer(checkpoint, device="cpu", strength=0.0)(x), x)
+    full = Stylizer(checkpoint, device="cpu", strength=1.0)(x)
+    half = Stylizer(checkpoint, device="cpu", strength=0.5)(x)
+    torch.testing.assert_close(half, (x + full) / 2)
+    with pytest.raises(UserError, match="strength"):
+        Stylizer(checkpoint, strength=1.5)
+    with pytest.raises(ValueError):
+        apply_strength(full, x, -0.1)
+
+
+def test_preserve_color_keeps_chroma_and_takes_stylized_luminance(checkpoint):
+    x = torch.rand(1, 3, 32, 32) * 0.5 + 0.25  # away from the clamp limits
+    stylized = Stylizer(checkpoint, device="cpu")(x)
+    kept = Stylizer(checkpoint, device="cpu", preserve_color=True)(x)
+    ycc_in, ycc_out, ycc_sty = rgb_to_ycbcr(x), rgb_to_ycbcr(kept), rgb_to_ycbcr(stylized)
+    # Where stylized luminance + photo chroma is a displayable colour (no clamping), the
+    # result has exactly the photo's chroma and the stylized luminance.
+    unclamped = ycbcr_to_rgb(torch.cat((ycc_sty[:, :1], ycc_in[:, 1:]), 1))
+    inside = ((unclamped >= 0) & (unclamped <= 1)).all(1, keepdim=True)
+    assert inside.float().mean() > 0.5
+    assert (ycc_out[:, 1:] - ycc_in[:, 1:]).abs()[inside.expand(1, 2, 32, 32)].max() < 1e-4
+    assert (ycc_out[:, :1] - ycc_sty[:, :1]).abs()[inside].max() < 1e-4
+    # Direct call on constant images: grey luminance + red chroma.
+    red, grey = torch.tensor([0.8, 0.2, 0.2]).view(1, 3, 1, 1), torch.full((1, 3, 1, 1), 0.5)
+    out = preserve_color(grey, red)
+    torch.testing.assert_close(rgb_to_ycbcr(out)[:, 1:], rgb_to_ycbcr(red)[:, 1:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode,ext", [("L", ".png"), ("RGBA", ".png"), ("P", ".png"), ("I;16", ".png"),
+                                      ("RGB", ".jpg"), ("CMYK", ".jpg"), ("RGB", ".webp")])
+def test_any_input_mode_through_the_file_runner(stylizer, tmp_path, mode, ext):
+    src = random_photo(tmp_path / f"in{ext}", (37, 29), mode=mode)
+    jobs, skipped = plan_jobs(str(src), str(tmp_path / "out"), None, "test")
+    summary = stylize_files(stylizer, jobs, log=lambda _: None)
+    assert summary.done == 1 and not summary.failed and not skipped
+    with Image.open(jobs[0].dst) as out:
+        assert out.size == (37, 29) and out.mode == "RGB"
+
+
+def test_folder_is_mirrored_and_bad_files_are_skipped(stylizer, photo_dir, tmp_path):
+    (photo_dir / "nested" / "broken.jpg").write_bytes(b"not a jpeg")
+    before = {p: p.read_bytes() for p in photo_dir.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    jobs, skipped = plan_jobs(str(photo_dir), str(out), "webp")
+    assert [p.name for p in skipped] == ["notes.txt"]
+    lines = []
+    summary = stylize_files(stylizer, jobs, batch_size=2, log=lines.append)
+    assert summary.done == 5 and len(summary.failed) == 1 and "broken.jpg" in summary.failed[0]
+    assert (out / "nested" / "deeper" / "d.webp").is_file() and (out / "a.webp").is_file()
+    assert {p: p.read_bytes() for p in photo_dir.rglob("*") if p.is_file()} == before  # inputs untouched
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_output_never_overwrites_an_input(stylizer, photo_dir):
+    src = photo_dir / "a.jpg"
+    before = src.read_bytes()
+    with pytest.raises(UserError, match="overwrite"):
+        stylize_files(stylizer, plan_jobs(str(src), str(src))[0], log=lambda _: None)
+    # Output folder == input folder with the same format: every target is an input.
+    with pytest.raises(UserError, match="overwrite"):
+        stylize_files(stylizer, plan_jobs(str(photo_dir), str(photo_dir))[0], log=lambda _: None)
+    assert src.read_bytes() == before
+
+
+def test_glob_and_output_naming(photo_dir, tmp_path):
+    jobs, _ = plan_jobs(f"{photo_dir}/**/*.png", str(tmp_path / "o"), "jpg")
+    assert [j.dst.relative_to(tmp_path / "o").as_posix() for j in jobs] == ["b.jpg"]
+    jobs, _ = plan_jobs(str(photo_dir / "a.jpg"), None, None, "starry")
+    assert jobs[0].dst.as_posix() == "outputs/stylized/a_starry.jpg"
+    with pytest.raises(UserError, match="not found"):
+        plan_jobs(str(photo_dir / "missing.jpg"), None)
+    with pytest.raises(UserError, match="format"):
+        plan_jobs(str(photo_dir / "a.jpg"), None, "gif")
+
+
+def test_max_size_downscales(stylizer, tmp_path):
+    src = random_photo(tmp_path / "big.png", (120, 60))
+    jobs, _ = plan_jobs(str(src), str(tmp_path / "small.png"))
+    stylize_files(stylizer, jobs, max_size=40, log=lambda _: None)
+    assert Image.open(tmp_path / "small.png").size == (40, 20)
+
+
+def run_infer(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "infer.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_infer_script_with_no_input_stylizes_a_sample(checkpoint, tmp_path):
+    proc = run_infer(f"checkpoint={checkpoint}", f"hydra.run.dir={tmp_path}/h", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "No input given" in proc.stdout and "Result:" in proc.stdout
+    assert (tmp_path / "outputs" / "stylized" / "sample_content_test.png").is_file()
+
+
+def test_infer_script_errors_are_clear(checkpoint, tmp_path):
+    proc = run_infer(f"checkpoint={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/h")
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"junk")
+    proc = run_infer(f"checkpoint={bad}", f"hydra.run.dir={tmp_path}/h")
+    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
+    proc = run_infer(f"checkpoint={checkpoint}", f"input={tmp_path}/missing.jpg", f"hydra.run.dir={tmp_path}/h")
+    assert proc.returncode == 2 and "input not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped checkpoint")
+def test_shipped_starry_checkpoint_is_small_and_works():
+    assert SHIPPED.stat().st_size < 1_000_000
+    stylizer = Stylizer(SHIPPED, device="cpu")
+    assert stylizer.style_name == "starry"
+    x = torch.rand(1, 3, 40, 52)
+    y = stylizer(x)
+    assert y.shape == x.shape and (y - x).abs().mean() > 0.05  # it really restyles
