@@ -8,13 +8,14 @@ Two things make tiles disagree, and each has its fix:
    not work for this network: statistics from a 2× thumbnail, or pooled over crops that
    cover a quarter of the image, change the output by 0.05–0.1 on average (measured on
    a trained style), because its features are scale dependent and content dependent.
-   So the statistics are computed **exactly**, streamed tile by tile: norm layer k's
+   So the statistics are computed **exactly**, streamed tile by tile: a norm layer's
    mean and variance are accumulated (float64 sums over each tile's core, which
-   partition the image) in a pass that stops right at layer k, with layers 1..k-1
-   already frozen to their exact values. Then the image is stylized tile by tile with
-   all statistics frozen. Memory stays that of one tile; compute is that of about ten
-   forward passes (each pass stops at the layer it measures), so tiling
-   only starts above ``tile_size``, and ``tile_size`` should be as large as memory allows.
+   partition the image) in a pass that runs every tile up to that layer, with all
+   layers before it already frozen to their exact values; layers that do not depend on
+   each other share a pass. Then the image is stylized tile by tile with all statistics
+   frozen. Memory stays that of one tile; compute is that of several forward passes
+   (``benchmark_infer.py`` measures it), so tiling only starts above ``tile_size``, and
+   ``tile_size`` should be as large as memory allows.
 2. **Context at tile borders.** The generator's receptive field reaches 13 px (measured:
    a one-pixel change moves outputs at most 13 px away), so each tile is run with a
    ``margin`` of real image context around its core. Neighbouring tiles are blended with
@@ -91,24 +92,39 @@ def norm_layers_in_order(model: nn.Module) -> list[StatsInstanceNorm2d]:
     return order
 
 
+def _is_poisoned(x: torch.Tensor) -> bool:
+    # One pixel's channel vector: a NaN-derived channel is NaN everywhere (convolutions,
+    # upsampling and ReLU spread NaN), and a concatenation keeps its channels.
+    return bool(torch.isnan(x[0, :, 0, 0]).any())
+
+
 @torch.inference_mode()
 def freeze_exact_norm_stats(
     model: nn.Module, image: torch.Tensor, forward: Forward, tiles: list[Tile], device: torch.device | str
-) -> None:
+) -> int:
     """Set every norm of ``model`` to "frozen" with the statistics it would compute in an
     untiled forward of the (1, 3, H, W) ``image`` (on the CPU), using only tile-sized
-    forwards. Undo with ``set_norm_mode(model, "live")``."""
+    forwards. Undo with ``set_norm_mode(model, "live")``. Returns the number of passes.
+
+    Each pass runs every tile until the first norm whose input depends on a norm not yet
+    measured. Every norm reached before that is measured in the pass: its input's sums
+    over the tile cores are accumulated, and its output is replaced by NaN so that what
+    depends on it is recognised (a NaN input) and the pass stops there.
+    """
     _, _, h, w = image.shape
     padded_h, padded_w = h + (-h) % ALIGN, w + (-w) % ALIGN
     set_norm_mode(model, "live")
-    for norm in norm_layers_in_order(model):
-        total = torch.zeros(2, norm.num_features, dtype=torch.float64, device=device)
-        count = 0
+    pending = norm_layers_in_order(model)
+    passes = 0
+    while pending:
+        sums: dict[nn.Module, torch.Tensor] = {}
+        counts: dict[nn.Module, int] = {}
         tile = tiles[0]
 
-        def accumulate(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            nonlocal count
+        def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0]
+            if _is_poisoned(x):
+                raise _StopForward
             # The untiled forward pads the image to a multiple of 4 and normalizes over
             # that; the last tiles' cores reach into the same padding.
             crop_h = tile.cy1 - tile.cy0 + (-(tile.cy1 - tile.cy0)) % ALIGN
@@ -117,12 +133,15 @@ def freeze_exact_norm_stats(
             x_end = padded_w if tile.x1 == w else tile.x1
             core = x[..., (tile.y0 - tile.cy0) // f : (y_end - tile.cy0) // f,
                      (tile.x0 - tile.cx0) // f : (x_end - tile.cx0) // f].double()
-            total[0] += core.sum(dim=(0, 2, 3))
-            total[1] += core.square().sum(dim=(0, 2, 3))
-            count += core.shape[-2] * core.shape[-1]
-            raise _StopForward
+            total = torch.stack((core.sum(dim=(0, 2, 3)), core.square().sum(dim=(0, 2, 3))))
+            sums[module] = sums[module] + total if module in sums else total
+            counts[module] = counts.get(module, 0) + core.shape[-2] * core.shape[-1]
 
-        handle = norm.register_forward_pre_hook(accumulate)
+        def poison(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(output, float("nan"))
+
+        handles = [n.register_forward_pre_hook(measure) for n in pending]
+        handles += [n.register_forward_hook(poison) for n in pending]
         try:
             for tile in tiles:
                 try:
@@ -130,11 +149,18 @@ def freeze_exact_norm_stats(
                 except _StopForward:
                     pass
         finally:
-            handle.remove()
-        mean = total[0] / count
-        var = (total[1] / count - mean.square()).clamp_min(0)
-        norm.recorded = (mean.float().view(1, -1, 1, 1), var.float().view(1, -1, 1, 1))
-        norm.mode = "frozen"
+            for handle in handles:
+                handle.remove()
+        passes += 1
+        for norm in [n for n in pending if n in sums]:
+            mean = sums[norm][0] / counts[norm]
+            var = (sums[norm][1] / counts[norm] - mean.square()).clamp_min(0)
+            norm.recorded = (mean.float().view(1, -1, 1, 1), var.float().view(1, -1, 1, 1))
+            norm.mode = "frozen"
+        if not sums:  # cannot happen with a well-formed model; never loop forever
+            raise RuntimeError("exact tiled statistics made no progress")
+        pending = [n for n in pending if n not in sums]
+    return passes
 
 
 def _blend_weights(start: int, stop: int, lo: int, hi: int, size: int, half: int) -> torch.Tensor:

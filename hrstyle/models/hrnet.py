@@ -68,8 +68,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Out-of-place add: the reference's `out += residual` overwrote a tensor that
-        # ReLU's backward needs.
-        return F.relu(self.body(x) + self.shortcut(x))
+        # ReLU's backward needs. The shortcut runs first so that its norm and the body's
+        # first norm (both fed by x alone) are reached before anything depending on them:
+        # exact tiled inference measures both in one pass.
+        shortcut = self.shortcut(x)
+        return F.relu(self.body(x) + shortcut)
 
 
 class FusionBottleneck(Bottleneck):
@@ -97,10 +100,11 @@ class FusionBottleneck(Bottleneck):
         y = y + _up(F.conv2d(quarter, weight[:, 2 * c :]), size)
         split = bias_body.shape[0]
         body, short = y[:, :split], y[:, split:]
+        short = self.shortcut[1](short)  # shortcut first, as in Bottleneck
         for i, layer in enumerate(self.body):
             if i > 0:
                 body = layer(body)
-        return F.relu(body + self.shortcut[1](short))
+        return F.relu(body + short)
 
 
 class HRNet(nn.Module):
