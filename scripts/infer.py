@@ -15,23 +15,12 @@ from hrstyle.data.samples import sample_image
 from hrstyle.inference import Stylizer, plan_jobs, stylize_files
 
 
-def make_stylizer(cfg: DictConfig) -> Stylizer:
-    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and __import__("torch").cuda.is_available())
-    return Stylizer(
-        cfg.checkpoint,
-        device=cfg.device,
-        precision=cfg.precision,
-        tile_size=cfg.tile_size if cfg.tile_size is not None else (4096 if on_gpu else 1024),
-        tile_margin=cfg.tile_margin,
-        strength=cfg.strength,
-        preserve_color=cfg.preserve_color,
-        channels_last=cfg.channels_last if cfg.channels_last is not None else on_gpu,
-        compile=cfg.compile,
-    )
-
-
 def run(cfg: DictConfig) -> int:
-    stylizer = make_stylizer(cfg)
+    stylizer = Stylizer(
+        cfg.checkpoint, device=cfg.device, precision=cfg.precision, tile_size=cfg.tile_size,
+        tile_margin=cfg.tile_margin, strength=cfg.strength, preserve_color=cfg.preserve_color,
+        channels_last=cfg.channels_last, compile=cfg.compile,
+    )
     source = cfg.input
     if source is None:  # nothing given: show what the tool does on a built-in sample
         source = str(save_image_atomic(sample_image(0, 512), Path("outputs/stylized/sample_content.png")))

@@ -73,9 +73,13 @@ def test_ddp_preset():
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == -1 and cfg.trainer.accelerator == "gpu"
 
 
-def test_infer_config_composes():
-    if not (CONFIGS / "infer.yaml").exists():
-        pytest.skip("no infer.yaml yet")
+@pytest.mark.parametrize("name", ["infer", "export"])
+def test_other_top_level_configs_compose(name):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("infer", return_hydra_config=True)
-    OmegaConf.to_container(cfg, resolve=False)
+        cfg = compose(name)
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert container["checkpoint"] == "checkpoints/starry.pt"
+
+
+def test_all_top_level_configs_are_tested():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export"}

@@ -62,6 +62,18 @@ def test_tiled_equals_untiled(stylizer, size, tile):
     torch.testing.assert_close(stylizer(x), untiled)
 
 
+def test_blend_weights_sum_to_one():
+    from hrstyle.inference.tiling import _blend_weights
+
+    h, w, margin, half = 150, 203, 32, 16
+    total = torch.zeros(h, w)
+    for t in make_tiles(h, w, 96, margin):
+        wy = _blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)
+        wx = _blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)
+        total[t.cy0 : t.cy1, t.cx0 : t.cx1] += wy[:, None] * wx[None, :]
+    torch.testing.assert_close(total, torch.ones(h, w))
+
+
 def test_stylizer_tiles_large_images(checkpoint):
     tiled = Stylizer(checkpoint, device="cpu", tile_size=96, channels_last=False)
     plain = Stylizer(checkpoint, device="cpu", tile_size=0, channels_last=False)

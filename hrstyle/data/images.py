@@ -68,7 +68,8 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) tensor in [0, 1] → RGB PIL image (values clamped, rounded)."""
-    arr = image.detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+    # One float temporary, then uint8 (for a 24 MP image each float copy is 288 MB).
+    arr = image.detach().float().clamp(0, 1).mul_(255.0).round_().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr, "RGB")
 
 

@@ -32,11 +32,13 @@ def preserve_color(stylized: torch.Tensor, original: torch.Tensor) -> torch.Tens
 
 
 def apply_strength(stylized: torch.Tensor, original: torch.Tensor, strength: float) -> torch.Tensor:
-    """Blend: ``strength`` 1 is the full style, 0 returns ``original`` exactly."""
+    """Blend: ``strength`` 1 is the full style, 0 returns ``original`` exactly.
+
+    Overwrites and returns ``stylized`` (pass a copy to keep it)."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     if strength == 1.0:
         return stylized
     if strength == 0.0:
         return original.clone()
-    return torch.lerp(original, stylized, strength)
+    return stylized.sub_(original).mul_(strength).add_(original)  # in place: no extra full-size copy
