@@ -164,7 +164,9 @@ class HRNet(nn.Module):
         # Pad bottom/right to a multiple of 4 (cropped off again at the end). Always padding,
         # possibly by 0, keeps the graph free of shape-dependent branches for export, and
         # replicate works for any size, even 1 pixel.
-        x = F.pad(x, (0, (-w) % self.multiple, 0, (-h) % self.multiple), mode="replicate")
+        m = self.multiple
+        # Round up with floor division: torch.compile(dynamic=True) fails on a symbolic `%`.
+        x = F.pad(x, (0, (w + m - 1) // m * m - w, 0, (h + m - 1) // m * m - h), mode="replicate")
         full_size = (x.shape[-2], x.shape[-1])
 
         f1 = self.layer1(x)
