@@ -49,7 +49,7 @@ def test_stylizer_accepts_pil_images(stylizer):
     assert isinstance(out, Image.Image) and out.size == (33, 21) and out.mode == "RGB"
 
 
-@pytest.mark.parametrize("size,tile", [((150, 203), 96), ((97, 130), 80), ((64, 300), 120)])
+@pytest.mark.parametrize("size,tile", [((150, 203), 96), ((97, 130), 100), ((64, 300), 120), ((301, 97), 200)])
 def test_tiled_equals_untiled(stylizer, size, tile):
     torch.manual_seed(1)
     x = torch.rand(1, 3, *size)
@@ -72,6 +72,15 @@ def test_blend_weights_sum_to_one():
         wx = _blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)
         total[t.cy0 : t.cy1, t.cx0 : t.cx1] += wy[:, None] * wx[None, :]
     torch.testing.assert_close(total, torch.ones(h, w))
+
+
+def test_too_small_tiles_are_refused(stylizer, checkpoint):
+    with pytest.raises(ValueError, match="at least 96"):
+        stylize_tiled(stylizer.model, torch.rand(1, 3, 100, 100), stylizer._forward, tile_size=80, margin=32)
+    with pytest.raises(UserError, match="too small"):
+        Stylizer(checkpoint, tile_size=80)
+    with pytest.raises(UserError, match="tile_margin"):
+        Stylizer(checkpoint, tile_margin=8)
 
 
 def test_stylizer_tiles_large_images(checkpoint):

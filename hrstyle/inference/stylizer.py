@@ -13,7 +13,7 @@ from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import load_generator
 from hrstyle.inference.color import apply_strength, preserve_color
-from hrstyle.inference.tiling import RECEPTIVE_RADIUS, stylize_tiled
+from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -75,8 +75,9 @@ class Stylizer:
         self.device = pick_device(device)
         if tile_size is None:
             tile_size = 4096 if self.device.type == "cuda" else 2048
-        if tile_size and tile_size < 2 * tile_margin + 32:
-            raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin} (min {2 * tile_margin + 32})")
+        if tile_size and tile_size < min_tile_size(tile_margin):
+            raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin} "
+                            f"(min {min_tile_size(tile_margin)})")
         self.dtype = PRECISIONS[precision]
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise UserError("precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")

@@ -60,6 +60,12 @@ class Tile:
     cx1: int
 
 
+def min_tile_size(margin: int) -> int:
+    """Smallest tile side for a margin: the core must hold a whole blending band."""
+    margin = -(-margin // ALIGN) * ALIGN
+    return 2 * margin + 2 * (margin - RECEPTIVE_RADIUS)
+
+
 def make_tiles(height: int, width: int, tile_size: int, margin: int) -> list[Tile]:
     """Tiles whose crops are at most tile_size² and whose cores cover the image."""
     core = (tile_size - 2 * margin) // ALIGN * ALIGN
@@ -208,6 +214,10 @@ def stylize_tiled(
     if margin < RECEPTIVE_RADIUS + 4:
         raise ValueError(f"tile margin must be at least {RECEPTIVE_RADIUS + 4}px, got {margin}")
     half = margin - RECEPTIVE_RADIUS  # half-width of the blending band around each boundary
+    if tile_size < min_tile_size(margin):
+        # Smaller cores would let the bands of a tile's two sides overlap, and the weights
+        # would no longer sum to 1.
+        raise ValueError(f"tile_size must be at least {min_tile_size(margin)} for a {margin}px margin, got {tile_size}")
     _, _, h, w = image.shape
     tiles = make_tiles(h, w, tile_size, margin)
     # The weights of overlapping tiles sum to 1 everywhere (complementary ramps, and
