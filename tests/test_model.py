@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from hrstyle.models.hrnet import Bottleneck
-
 from hrstyle.models import HRNet, count_macs_per_pixel, count_parameters, frozen_norm_stats
+from hrstyle.models.hrnet import Bottleneck
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32), (2, 3, 33, 47), (3, 3, 17, 9), (1, 3, 1, 5), (2, 3, 64, 30)])
