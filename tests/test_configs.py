@@ -68,6 +68,12 @@ def test_paper_schedule_is_the_default():
     assert cfg.loss.content_layer == "conv4_2"
 
 
+def test_a_style_can_set_its_own_loss_weights():
+    assert compose_train(["style=udnie"]).loss.style_weight == 5.0
+    assert compose_train(["style=udnie", "loss.style_weight=7"]).loss.style_weight == 7.0
+    assert compose_train(["style=udnie"]).style.name == "udnie"
+
+
 def test_ddp_preset():
     cfg = compose_train(["trainer=ddp"])
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == -1 and cfg.trainer.accelerator == "gpu"
