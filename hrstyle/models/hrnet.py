@@ -100,6 +100,7 @@ class FusionBottleneck(Bottleneck):
         y = y + _up(F.conv2d(quarter, weight[:, 2 * c :]), size)
         split = bias_body.shape[0]
         body, short = y[:, :split], y[:, split:]
+        del y  # the views keep it until both halves have been consumed
         short = self.shortcut[1](short)  # shortcut first, as in Bottleneck
         for i, layer in enumerate(self.body):
             if i > 0:
@@ -169,14 +170,22 @@ class HRNet(nn.Module):
         x = F.pad(x, (0, (w + m - 1) // m * m - w, 0, (h + m - 1) // m * m - h), mode="replicate")
         full_size = (x.shape[-2], x.shape[-1])
 
+        # `del` drops each full-resolution map as soon as it is dead: peak memory is what
+        # limits the image size (untiled) or the tile size.
         f1 = self.layer1(x)
+        del x
         f2 = self.layer2_full(f1)
         h2 = self.down2_half(f1)
+        del f1
         f3 = torch.cat((self.layer3_full(f2), _up(h2, full_size)), 1)
         h3 = torch.cat((self.down3_full_to_half(f2), self.layer3_half(h2)), 1)
         q3 = torch.cat((self.down3_full_to_quarter(f2), self.down3_half_to_quarter(h2)), 1)
-        # head[0] fuses cat(f4_full, up(h3), up(q3)) (the 192-channel map of the paper).
-        y = self.head[0](self.layer4_full(f3), h3, q3)
+        del f2, h2
+        f4 = self.layer4_full(f3)
+        del f3
+        # head[0] fuses cat(f4, up(h3), up(q3)) (the 192-channel map of the paper).
+        y = self.head[0](f4, h3, q3)
+        del f4, h3, q3
         y = self.head[3](self.head[2](self.head[1](y)))
         return torch.sigmoid(y)[..., :h, :w]
 
