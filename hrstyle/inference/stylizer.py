@@ -41,7 +41,7 @@ class Stylizer:
         tile_size: images with more than tile_size² pixels are processed in tiles of
             this side (memory stays bounded, the result is the same); 0 disables tiling;
             None: 2048 on CPU, 4096 on GPU. Untiled fp32 needs about 1.6 GB per megapixel;
-            tiled, memory is that of one tile (1024: under 3 GB for a 24 MP photo) but the
+            tiled, memory is that of one tile plus the image (1024: 3.7 GB peak for 24 MP) but the
             exact statistics cost several forward passes.
         tile_margin: context pixels around each tile (>= the 13 px receptive field).
         strength: 1 = full style, 0 = the original photo.

@@ -9,8 +9,8 @@ Two things make tiles disagree, and each has its fix:
    cover a quarter of the image, change the output by 0.05–0.1 on average (measured on
    a trained style), because its features are scale dependent and content dependent.
    So the statistics are computed **exactly**, streamed tile by tile: a norm layer's
-   mean and variance are accumulated (float64 sums over each tile's core, which
-   partition the image) in a pass that runs every tile up to that layer, with all
+   mean and variance are accumulated (per-tile statistics over each tile's core, merged
+   in float64; the cores partition the image) in a pass that runs every tile up to that layer, with all
    layers before it already frozen to their exact values; layers that do not depend on
    each other share a pass. Then the image is stylized tile by tile with all statistics
    frozen. Memory stays that of one tile; compute is that of several forward passes
@@ -138,10 +138,21 @@ def freeze_exact_norm_stats(
             y_end = padded_h if tile.y1 == h else tile.y1
             x_end = padded_w if tile.x1 == w else tile.x1
             core = x[..., (tile.y0 - tile.cy0) // f : (y_end - tile.cy0) // f,
-                     (tile.x0 - tile.cx0) // f : (x_end - tile.cx0) // f].double()
-            total = torch.stack((core.sum(dim=(0, 2, 3)), core.square().sum(dim=(0, 2, 3))))
-            sums[module] = sums[module] + total if module in sums else total
-            counts[module] = counts.get(module, 0) + core.shape[-2] * core.shape[-1]
+                     (tile.x0 - tile.cx0) // f : (x_end - tile.cx0) // f]
+            # Per-tile mean/variance in the activation's precision (no float64 copy of a
+            # whole feature map: that was a 1 GB spike per 1024² tile), merged across tiles
+            # in float64 with Chan's parallel formula.
+            var, mean = torch.var_mean(core.float(), dim=(0, 2, 3), correction=0)
+            n_b = core.shape[-2] * core.shape[-1]
+            mean, m2 = mean.double(), var.double() * n_b
+            if module in sums:
+                n_a = counts[module]
+                mean_a, m2_a = sums[module]
+                delta = mean - mean_a
+                mean = mean_a + delta * (n_b / (n_a + n_b))
+                m2 = m2_a + m2 + delta.square() * (n_a * n_b / (n_a + n_b))
+            sums[module] = torch.stack((mean, m2))
+            counts[module] = counts.get(module, 0) + n_b
 
         def poison(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             return torch.full_like(output, float("nan"))
@@ -159,8 +170,7 @@ def freeze_exact_norm_stats(
                 handle.remove()
         passes += 1
         for norm in [n for n in pending if n in sums]:
-            mean = sums[norm][0] / counts[norm]
-            var = (sums[norm][1] / counts[norm] - mean.square()).clamp_min(0)
+            mean, var = sums[norm][0], sums[norm][1] / counts[norm]
             norm.recorded = (mean.float().view(1, -1, 1, 1), var.float().view(1, -1, 1, 1))
             norm.mode = "frozen"
         if not sums:  # cannot happen with a well-formed model; never loop forever
