@@ -66,14 +66,15 @@ def tiling_report(args: argparse.Namespace) -> None:
     for path in args.photos:
         image = load_image(path, max_size=args.tiling_max_size).unsqueeze(0)
         untiled = stylizer.stylize_tensor(image)
-        stylizer.tile_size = args.tile_size or 512
+        tile = args.tile_size or 512
+        stylizer.tile_size = tile
         t0 = time.perf_counter()
         tiled = stylizer.stylize_tensor(image)
         seconds = time.perf_counter() - t0
         stylizer.tile_size = 0
         diff = (tiled - untiled).abs()
         h, w = image.shape[-2:]
-        print(f"| {path} | {w}x{h} | {stylizer.tile_size or args.tile_size or 512} | {diff.max():.2e} | "
+        print(f"| {path} | {w}x{h} | {tile} | {diff.max():.2e} | "
               f"{diff.mean():.2e} | {(diff * 255).round().max():.0f} | {seconds:.1f} s |")
 
 
