@@ -20,6 +20,7 @@ def run(cfg: DictConfig) -> int:
         cfg.checkpoint, device=cfg.device, precision=cfg.precision, tile_size=cfg.tile_size,
         tile_margin=cfg.tile_margin, strength=cfg.strength, preserve_color=cfg.preserve_color,
         channels_last=cfg.channels_last, compile=cfg.compile,
+        guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps,
     )
     source = cfg.input
     if source is None:  # nothing given: show what the tool does on a built-in sample

@@ -49,19 +49,26 @@ def test_every_group_has_configs():
 
 def test_command_line_overrides_reach_the_objects():
     cfg = compose_train(["loss.content_weight=50", "loss.style_layers=[relu1_1,relu3_1]", "loss.style_layer_weights=[2,3]", "loss.style_weight=10", "loss.weights=random", "loss.arch=vgg16",
-                         "model.width=0.5", "model.padding_mode=reflect", "optimizer.lr=0.01"])
+                         "model.width=0.5", "model.padding_mode=reflect", "model.output=image", "optimizer.lr=0.01"])
     loss = instantiate(cfg.loss, _convert_="all")
     assert (loss.content_weight, loss.style_weight) == (50, 10)
     assert loss.style_layers == {"relu1_1": 2.0, "relu3_1": 3.0}
     assert loss.content_layer == "conv4_2"
     model = instantiate(cfg.model)
-    assert model.config == {"width": 0.5, "padding_mode": "reflect"}
+    assert model.config == {"width": 0.5, "padding_mode": "reflect", "output": "image"}
     assert instantiate(cfg.optimizer)(model.parameters()).defaults["lr"] == 0.01
 
 
-def test_paper_schedule_is_the_default():
+def test_default_recipe_and_the_papers():
+    """The default trains a feed-forward style over many photos (residual generator, Adam 1e-3);
+    experiment=paper keeps the paper's generator output and its one-photo schedule."""
     cfg = compose_train([])
-    assert cfg.optimizer.lr == 5e-3 and cfg.scheduler.step_size == 200 and cfg.scheduler.gamma == 0.9
+    assert cfg.model.output == "residual" and cfg.optimizer.lr == 1e-3
+    paper = compose_train(["experiment=paper", "data.content=photo.jpg"])
+    assert paper.model.output == "image"
+    assert paper.optimizer.lr == 5e-3 and paper.scheduler.step_size == 200 and paper.scheduler.gamma == 0.9
+    quick = compose_train(["experiment=cpu_quick"])
+    assert quick.model.output == "residual" and quick.trainer.max_steps == 1200 and quick.loss.style_weight == 5
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     assert loss == {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}
@@ -88,4 +95,11 @@ def test_other_top_level_configs_compose(name):
 
 
 def test_all_top_level_configs_are_tested():
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export"}
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export", "evaluate", "optimize"}
+
+
+@pytest.mark.parametrize("name", ["evaluate", "optimize"])
+def test_evaluation_and_optimization_configs_compose(name):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(name, overrides=["loss=vgg16", "loss.weights=random"])
+    assert cfg.loss.arch == "vgg16"

@@ -15,15 +15,19 @@ from hrstyle.models import HRNet
 
 # Odd, not a multiple of 4, tiny (1 pixel high), square, and batches of 2.
 SHAPES = [(1, 3, 37, 53), (1, 3, 64, 64), (1, 3, 1, 5), (2, 3, 9, 14), (2, 3, 30, 21)]
-CONFIGS = [{"width": 1.0, "padding_mode": "zeros"}, {"width": 0.5, "padding_mode": "reflect"}]
+CONFIGS = [
+    {"width": 1.0, "padding_mode": "zeros"},
+    {"width": 0.5, "padding_mode": "reflect", "output": "residual"},
+]
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: f"{c['width']}-{c['padding_mode']}")
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
 def exported(request, tmp_path_factory):
     """A seeded random-weight HRNet and its two exported files (exported once per config)."""
     torch.manual_seed(0)
     model = HRNet(**request.param).eval()
+    torch.nn.init.normal_(model.head[3].weight, std=0.1)  # a residual model starts at zero: make it do something
     out = tmp_path_factory.mktemp("export")
     return model, export_torchscript(model, out / "m.torchscript.pt"), export_onnx(model, out / "m.onnx")
 

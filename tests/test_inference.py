@@ -206,3 +206,23 @@ def test_shipped_starry_checkpoint_is_small_and_works():
     x = torch.rand(1, 3, 40, 52)
     y = stylizer(x)
     assert y.shape == x.shape and (y - x).abs().mean() > 0.05  # it really restyles
+
+
+def test_guided_filter_control_follows_the_checkpoint_unless_set(checkpoint, tmp_path):
+    from hrstyle.evaluation import photorealism_residual
+    from hrstyle.inference import load_generator
+
+    model, meta = load_generator(checkpoint)
+    recommended = save_generator(tmp_path / "photo_style.pt", model, {**meta, "guided_radius": 3})
+    x = torch.rand(1, 3, 40, 52)
+    plain = Stylizer(checkpoint, device="cpu", tile_size=0)
+    assert plain.guided_radius == 0  # old checkpoints: no recommendation, no filter
+    filtered = Stylizer(recommended, device="cpu", tile_size=0)
+    assert filtered.guided_radius == 3
+    assert Stylizer(recommended, device="cpu", tile_size=0, guided_radius=0).guided_radius == 0
+    raw, out = plain(x), filtered(x)
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    # The filtered output is a local affine colour transform of the photo: far more photorealistic.
+    assert photorealism_residual(out, x).item() < photorealism_residual(raw, x).item() / 2
+    with pytest.raises(UserError, match="guided"):
+        Stylizer(checkpoint, device="cpu", guided_radius=-1)

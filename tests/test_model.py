@@ -37,7 +37,7 @@ def test_batch_items_are_independent():
 @pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
 def test_width_and_padding_mode(width, padding_mode):
     model = HRNet(width=width, padding_mode=padding_mode)
-    assert model.config == {"width": width, "padding_mode": padding_mode}
+    assert model.config == {"width": width, "padding_mode": padding_mode, "output": "image"}
     assert model(torch.rand(1, 3, 21, 26)).shape == (1, 3, 21, 26)
     assert HRNet(**model.config).state_dict().keys() == model.state_dict().keys()
 
@@ -92,3 +92,24 @@ def test_frozen_norm_stats_reproduce_live_output():
     torch.testing.assert_close(frozen, live, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(after, live)
     assert not torch.allclose(crop, model(x[..., :20, :24]), atol=1e-3)
+
+
+def test_residual_output_starts_as_the_identity_and_learns_a_change():
+    torch.manual_seed(0)
+    model = HRNet(width=0.5, output="residual")
+    x = torch.rand(2, 3, 21, 30)
+    y = model(x)
+    assert y.shape == x.shape
+    # sigmoid(logit(x)) with the photo clamped to [1e-3, 1 - 1e-3]: the photo itself.
+    assert torch.allclose(y, x.clamp(1e-3, 1 - 1e-3), atol=1e-5)
+    assert model.config["output"] == "residual" and HRNet(**model.config).residual
+    # Zero-initialised last conv: gradients still reach it, so training moves away from identity.
+    y.mean().backward()
+    assert model.head[3].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="output"):
+        HRNet(output="rgb")
+
+
+def test_old_checkpoints_without_output_key_build_the_paper_network():
+    model = HRNet(**{"width": 1.0, "padding_mode": "zeros"})
+    assert model.config["output"] == "image" and not model.residual

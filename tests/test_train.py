@@ -38,12 +38,17 @@ def test_training_writes_checkpoint_and_tensorboard(trained):
     assert result["global_step"] == 4
     ckpt = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=False)
     # Everything inference needs, nothing of the loss network.
-    assert ckpt["hrstyle"]["generator_config"] == {"width": 1.0, "padding_mode": "zeros"}
+    model_cfg = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    assert ckpt["hrstyle"]["generator_config"] == model_cfg
     assert all(k.startswith("generator.") for k in ckpt["state_dict"])
     events = EventAccumulator(result["log_dir"], size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/content_loss", "train/style_loss", "train/tv_loss", "val/loss"} <= scalars
+    # The evaluation's quality metrics, next to the losses: a collapse shows in these.
+    assert {"val/edge_ssim", "val/gram", "val/photorealism", "val/ssim"} <= scalars
+    edge = [e.value for e in events.Scalars("val/edge_ssim")]
+    assert all(0 < v <= 1 for v in edge)
     assert "preview/content_stylized" in events.Tags()["images"]
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) >= 3 and all(v == v and v > 0 for v in losses)

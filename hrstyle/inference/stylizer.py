@@ -13,6 +13,7 @@ from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import load_generator
 from hrstyle.inference.color import apply_strength, preserve_color
+from hrstyle.inference.photoreal import guided_filter
 from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,6 +47,11 @@ class Stylizer:
         tile_margin: context pixels around each tile (>= the 13 px receptive field).
         strength: 1 = full style, 0 = the original photo.
         preserve_color: keep the photo's colours, take only the stylized luminance.
+        guided_radius, guided_eps: the photorealism control (``photoreal.guided_filter``):
+            with a radius > 0 the output is rewritten as local affine colour transforms of
+            the photo, which removes ripples and streaks and restores the photo's edges.
+            0 leaves the network's output as it is; None (default) takes the radius the
+            checkpoint recommends (its style's ``guided_radius``; 0 when it has none).
         channels_last: NHWC memory layout; None: on GPU only (on this CPU it was slower).
         compile: ``torch.compile`` the generator (slow first call, faster after); tiled
             images run eagerly (their statistics passes hook into the norm layers).
@@ -65,6 +71,8 @@ class Stylizer:
         preserve_color: bool = False,
         channels_last: bool | None = None,
         compile: bool = False,
+        guided_radius: int | None = None,
+        guided_eps: float = 1e-3,
     ) -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -72,6 +80,8 @@ class Stylizer:
             raise UserError(f"strength must be in [0, 1], got {strength}")
         if tile_margin < RECEPTIVE_RADIUS + 4:
             raise UserError(f"tile_margin must be at least {RECEPTIVE_RADIUS + 4} (the receptive field), got {tile_margin}")
+        if (guided_radius is not None and guided_radius < 0) or guided_eps <= 0:
+            raise UserError(f"guided_radius must be >= 0 and guided_eps > 0, got {guided_radius} and {guided_eps}")
         self.device = pick_device(device)
         if tile_size is None:
             tile_size = 4096 if self.device.type == "cuda" else 2048
@@ -82,6 +92,9 @@ class Stylizer:
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise UserError("precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
         self.model, self.meta = load_generator(checkpoint, map_location="cpu")
+        if guided_radius is None:
+            guided_radius = int(self.meta.get("guided_radius") or 0)
+        self.guided_radius, self.guided_eps = int(guided_radius), float(guided_eps)
         self.model.to(self.device)
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -135,9 +148,11 @@ class Stylizer:
         return self.postprocess(out, images.cpu())
 
     def postprocess(self, stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """Apply colour preservation and strength (both per pixel, cheap). Works in place on
-        ``stylized`` (a fresh output): a 24 MP image is 288 MB per float copy."""
+        """Apply the guided filter, colour preservation and strength. Works in place on
+        ``stylized`` (a fresh output) where it can: a 24 MP image is 288 MB per float copy."""
         out = stylized.clamp_(0, 1)
+        if self.guided_radius:
+            out = guided_filter(out, original, self.guided_radius, self.guided_eps)
         if self.preserve_color:
             out = preserve_color(out, original)
         return apply_strength(out, original, self.strength)

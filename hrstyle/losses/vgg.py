@@ -103,6 +103,7 @@ class VGGFeatures(nn.Module):
         if arch not in ARCHS:
             raise UserError(f"loss network arch must be one of {ARCHS}, got {arch!r}")
         self.layers = list(dict.fromkeys(layers))
+        self.arch, self.weights = arch, str(weights)  # to build another extractor on the same network
         features = models.get_model(arch, weights=None).features
         names = layer_names(features)
         unknown = [n for n in self.layers if n not in names]

@@ -34,6 +34,7 @@ from torch import nn
 from hrstyle.models.norm import StatsInstanceNorm2d
 
 PADDING_MODES = ("zeros", "reflect", "replicate")
+OUTPUT_MODES = ("image", "residual")
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, padding_mode: str) -> nn.Conv2d:
@@ -115,6 +116,12 @@ class HRNet(nn.Module):
         width: channel multiplier (1.0 = the paper's 16/32/64 channels).
         padding_mode: padding of every convolution: "zeros" (the paper), "reflect" or
             "replicate" (fewer border artifacts).
+        output: "image" (the paper: the last convolution makes the picture, through a
+            sigmoid) or "residual" (a global residual in logit space,
+            ``sigmoid(logit(photo) + last conv)``, with the last convolution initialised
+            to zero: training starts from the photo itself and learns the change, instead
+            of first having to learn to reproduce the photo from a random network, which
+            on few photos and steps collapses to flat colour fields).
 
     ``forward`` maps an (N, 3, H, W) RGB image in [0, 1], any H, W >= 1, to an
     (N, 3, H, W) RGB image in [0, 1].
@@ -125,14 +132,18 @@ class HRNet(nn.Module):
     # A TorchScript constant: scripting does not see plain class attributes.
     __constants__ = ["multiple"]
 
-    def __init__(self, width: float = 1.0, padding_mode: str = "zeros") -> None:
+    def __init__(self, width: float = 1.0, padding_mode: str = "zeros", output: str = "image") -> None:
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
         self.width = float(width)
         self.padding_mode = padding_mode
+        self.output = output
+        self.residual = output == "residual"  # a bool attribute: a TorchScript-friendly branch
         c16, c32, c64 = (max(int(round(c * width)), 4) for c in (16, 32, 64))
         pm = padding_mode
 
@@ -152,11 +163,14 @@ class HRNet(nn.Module):
             Bottleneck(c32, c16, pm),
             _conv(c16, 3, 3, 1, pm),
         ])
+        if self.residual:
+            nn.init.zeros_(self.head[3].weight)
+            nn.init.zeros_(self.head[3].bias)
 
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments; stored in checkpoints to rebuild the network."""
-        return {"width": self.width, "padding_mode": self.padding_mode}
+        return {"width": self.width, "padding_mode": self.padding_mode, "output": self.output}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -165,6 +179,7 @@ class HRNet(nn.Module):
         # Pad bottom/right to a multiple of 4 (cropped off again at the end). Always padding,
         # possibly by 0, keeps the graph free of shape-dependent branches for export, and
         # replicate works for any size, even 1 pixel.
+        photo = x
         m = self.multiple
         # Round up with floor division: torch.compile(dynamic=True) fails on a symbolic `%`.
         x = F.pad(x, (0, (w + m - 1) // m * m - w, 0, (h + m - 1) // m * m - h), mode="replicate")
@@ -186,8 +201,12 @@ class HRNet(nn.Module):
         # head[0] fuses cat(f4, up(h3), up(q3)) (the 192-channel map of the paper).
         y = self.head[0](f4, h3, q3)
         del f4, h3, q3
-        y = self.head[3](self.head[2](self.head[1](y)))
-        return torch.sigmoid(y)[..., :h, :w]
+        y = self.head[3](self.head[2](self.head[1](y)))[..., :h, :w]
+        if self.residual:
+            # logit written out (log/log1p), clamped so 0 and 255 stay finite: exports to ONNX as is.
+            p = photo.clamp(1e-3, 1 - 1e-3)
+            y = y + (torch.log(p) - torch.log1p(-p))
+        return torch.sigmoid(y)
 
 
 def _up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

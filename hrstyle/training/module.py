@@ -13,6 +13,7 @@ from torch import nn
 
 from hrstyle.data.images import load_image
 from hrstyle.errors import UserError
+from hrstyle.evaluation.metrics import StyleMetrics
 from hrstyle.losses import ContentStyleLoss
 
 #: Key under which checkpoints store what inference needs to rebuild the generator.
@@ -33,6 +34,13 @@ class StyleTransferModule(pl.LightningModule):
             ``optimizer(params)``, ``scheduler(optimizer)`` stepped every training step.
         style_name: a label stored in checkpoints.
         preview_every: log a content|stylized preview grid every N training steps.
+        val_metrics: also log the evaluation's quality metrics on the validation photos
+            (``val/edge_ssim``, ``val/gram``, ``val/photorealism``, ``val/ssim``; see
+            ``hrstyle.evaluation``), measured by the same loss network: a run that collapses
+            into flat fields or stripes shows it in these curves within minutes, where the
+            loss alone does not.
+        guided_radius: the photorealism control this style should get at inference by
+            default (``hrstyle.inference.photoreal``; 0 = none), stored in checkpoints.
     """
 
     def __init__(
@@ -45,12 +53,15 @@ class StyleTransferModule(pl.LightningModule):
         style_size: int = 512,
         style_name: str = "style",
         preview_every: int = 100,
+        val_metrics: bool = True,
+        guided_radius: int = 0,
     ) -> None:
         super().__init__()
         self.generator = generator
         self.loss_fn = loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.style_name, self.preview_every = style_name, preview_every
+        self.guided_radius = int(guided_radius)
         self.style_path = str(style_image)
         if not Path(style_image).expanduser().is_file():
             raise UserError(f"style image not found: {style_image} (set style.image=/path/to/style.jpg)")
@@ -58,6 +69,11 @@ class StyleTransferModule(pl.LightningModule):
         self.style = load_image(Path(style_image).expanduser(), max_size=style_size).unsqueeze(0)
         self.loss_fn.set_style(self.style)
         self._preview_batch: torch.Tensor | None = None
+        self.metrics: StyleMetrics | None = None
+        if val_metrics:
+            encoder = self.loss_fn.encoder
+            self.metrics = StyleMetrics(encoder.arch, encoder.weights, self.loss_fn.content_layer)
+            self.metrics.set_style(self.style)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)
@@ -75,7 +91,10 @@ class StyleTransferModule(pl.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        losses, _ = self._losses(batch)
+        losses, output = self._losses(batch)
+        if self.metrics is not None:
+            quality = self.metrics(output.float(), batch.float())
+            losses.update({k: v.mean() for k, v in quality.items() if k != "content"})
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.shape[0], sync_dist=True)
         if batch_idx == 0:
             self._preview_batch = batch[:8].detach().cpu()
@@ -117,4 +136,5 @@ class StyleTransferModule(pl.LightningModule):
             "generator_config": dict(getattr(self.generator, "config", {})),
             "style_name": self.style_name,
             "style_image": self.style_path,
+            "guided_radius": self.guided_radius,
         }

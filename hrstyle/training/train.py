@@ -49,6 +49,8 @@ def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         preview_every=cfg.preview_every,
+        val_metrics=cfg.get("val_metrics", True),
+        guided_radius=cfg.style.get("guided_radius", 0),
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

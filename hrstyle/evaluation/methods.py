@@ -1,0 +1,311 @@
+"""The stylization methods an evaluation compares, built from method strings.
+
+A method string is one of:
+
+* ``identity``: the photo itself (the reference: structure perfect, no style);
+* ``gatys``: Gatys et al.'s per-image pixel optimization (``hrstyle.optimization.optimize_image``);
+* ``paper``: the paper's recipe, a fresh HRNet fitted to each photo (``fit_generator``);
+* a checkpoint, ``.pt`` or ``.ckpt`` (``scripts/train.py`` output or a compact export);
+* a folder: a training run (``<run>/checkpoints/last.ckpt``), or a Hydra multirun folder
+  (``<folder>/<N>/checkpoints/last.ckpt`` + ``<folder>/<N>/.hydra/overrides.yaml``, as
+  ``python scripts/train.py -m ...`` writes) expanded into one method per run, labelled with
+  the overrides that differ between the runs;
+* any of these with ``+guided`` appended (``checkpoints/starry.pt+guided``): the same method
+  followed by the photorealism control, the guided filter of ``hrstyle.inference.photoreal``
+  with the photo as guide (``guided.radius``, ``guided.eps`` from the config).
+
+Every method is a ``Method`` whose ``fn(content, style)`` maps (1, 3, H, W) tensors in [0, 1]
+to a (1, 3, H, W) float32 CPU tensor in [0, 1]. ``gatys`` and ``paper`` share one
+``ContentStyleLoss`` built once from the loss config (the training loss, one VGG).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from hrstyle.errors import UserError
+from hrstyle.inference.checkpoint import PROJECT_ROOT
+
+BUILTIN = ("identity", "gatys", "paper")
+GUIDED_SUFFIX = "+guided"
+CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
+METHOD_KINDS = (
+    "identity, gatys, paper, a checkpoint file (.pt/.ckpt), a training run folder "
+    "(<run>/checkpoints/last.ckpt) or a multirun folder (outputs/multirun/<style>/<time>)"
+)
+
+Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Method:
+    """One column of the evaluation.
+
+    Attributes:
+        name: display name, unique within an evaluation (also the images/ sub-folder).
+        kind: "identity", "gatys", "paper" or "checkpoint".
+        fn: ``fn(content, style) -> output``, (1, 3, H, W) in [0, 1]; output float32 on the CPU.
+        source: what the user gave (a path for checkpoints).
+        prepare: called with the style tensor before ``fn`` (outside the timing): sets the
+            Gram targets of the shared loss.
+        style_image: for a checkpoint, the style image it was trained on when that file
+            exists (the evaluation pairs it with that style only), else None.
+        sweep: for a run of a multirun folder, the folder; ``label`` is then its differing
+            overrides (``{"style_weight": "5"}``).
+    """
+
+    name: str
+    kind: str
+    fn: Fn
+    source: str = ""
+    prepare: Callable[[torch.Tensor], None] | None = None
+    style_image: Path | None = None
+    sweep: Path | None = None
+    label: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uses_style(self) -> bool:
+        """Whether the output depends on the style image given (False for checkpoints)."""
+        return self.kind != "checkpoint"
+
+
+class SharedLoss:
+    """One ``ContentStyleLoss`` for gatys and paper, built lazily from the loss config, with
+    its Gram targets switched only when the style changes."""
+
+    def __init__(self, loss_cfg: Any, device: torch.device) -> None:
+        self.loss_cfg, self.device = loss_cfg, device
+        self._loss = None
+        self._style: torch.Tensor | None = None  # kept alive so that `is` is a safe identity test
+
+    @property
+    def loss(self):  # noqa: ANN201 - ContentStyleLoss, imported lazily with Hydra
+        if self._loss is None:
+            from hydra.utils import instantiate
+
+            if self.loss_cfg is None:
+                raise UserError("gatys/paper need a loss config (defaults: - loss: vgg19)")
+            cfg = self.loss_cfg if isinstance(self.loss_cfg, DictConfig) else OmegaConf.create(self.loss_cfg)
+            self._loss = instantiate(cfg, _convert_="all").to(self.device)
+        return self._loss
+
+    def set_style(self, style: torch.Tensor) -> None:
+        if style is not self._style:
+            self.loss.set_style(style.to(self.device))
+            self._style = style
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None and default is not None else value
+
+
+def _to_dict(node: Any) -> dict[str, Any]:
+    if node is None:
+        return {}
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def checkpoint_name(path: Path) -> str:
+    """A display name: the file stem, or the run folder's name for ``<run>/checkpoints/last.ckpt``
+    (``<run>-<stem>`` for another checkpoint of a run)."""
+    path = Path(path)
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        run = path.parent.parent.name
+        return run if path.stem == "last" else f"{run}-{path.stem}"
+    return path.stem
+
+
+def own_style_image(meta: dict[str, Any]) -> Path | None:
+    """The style image a checkpoint was trained on (``meta["style_image"]``) if that file exists:
+    as written (relative to the working directory), else relative to the project root. A
+    trailing ``(path)`` in the entry (hand-written metadata) is tried too."""
+    raw = meta.get("style_image")
+    if not raw:
+        return None
+    candidates = [str(raw)]
+    match = re.search(r"\(([^()]+)\)\s*$", str(raw))
+    if match:
+        candidates.append(match.group(1).strip())
+    for text in candidates:
+        path = Path(text).expanduser()
+        for candidate in (path, None if path.is_absolute() else PROJECT_ROOT / path):
+            if candidate is not None and candidate.is_file():
+                return candidate
+    return None
+
+
+def _checkpoint_method(path: Path, device: torch.device, name: str | None = None) -> Method:
+    from hrstyle.inference import Stylizer
+
+    # Untiled at evaluation size; the network's own output (append +guided for the photorealism control).
+    stylizer = Stylizer(path, device=str(device), tile_size=0, guided_radius=0)
+
+    def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return stylizer.stylize_tensor(content)
+
+    return Method(name or checkpoint_name(path), "checkpoint", fn, source=str(path),
+                  style_image=own_style_image(stylizer.meta))
+
+
+def read_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides of one Hydra run (``.hydra/overrides.yaml``), [] if none."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    return [str(x) for x in data] if isinstance(data, list) else []
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    return (key.strip(), value.strip()) if sep else (text.strip(), "")
+
+
+def differing_overrides(runs: list[list[str]]) -> list[dict[str, str]]:
+    """Per run, the overrides whose value is not the same in every run (keys shortened to their
+    last component, ``loss.style_weight`` → ``style_weight``, where that stays unambiguous)."""
+    parsed = [dict(_split_override(o) for o in overrides) for overrides in runs]
+    keys = list(dict.fromkeys(k for p in parsed for k in p))
+    varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+    short = {k: k.rsplit(".", 1)[-1].lstrip("+~") for k in varying}
+    if len(set(short.values())) < len(short):
+        short = {k: k.lstrip("+~") for k in varying}
+    return [{short[k]: p[k] for k in varying if k in p} for p in parsed]
+
+
+def sweep_runs(folder: Path) -> list[Path]:
+    """The runs of a Hydra multirun folder that have ``checkpoints/last.ckpt``, in job order."""
+    runs = [d for d in folder.iterdir() if d.is_dir() and (d / "checkpoints" / "last.ckpt").is_file()]
+    return sorted(runs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
+
+
+def _folder_methods(folder: Path, device: torch.device) -> list[Method]:
+    if (folder / "checkpoints" / "last.ckpt").is_file():  # one training run
+        return [_checkpoint_method(folder / "checkpoints" / "last.ckpt", device, name=folder.name)]
+    runs = sweep_runs(folder)
+    if not runs:
+        raise UserError(f"{folder} holds no training run: expected a multirun folder with "
+                        f"<N>/checkpoints/last.ckpt (python scripts/train.py -m ...) or a run folder")
+    labels = differing_overrides([read_overrides(r) for r in runs])
+    methods = []
+    for run, label in zip(runs, labels):
+        text = ",".join(f"{k}={v}" for k, v in label.items()) or f"run{run.name}"
+        method = _checkpoint_method(run / "checkpoints" / "last.ckpt", device, name=text)
+        method.source, method.sweep, method.label = str(run), folder, label or {"run": run.name}
+        methods.append(method)
+    return methods
+
+
+def _identity(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    return content.detach().float().cpu().clone()
+
+
+def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[Method]:
+    """Turn method strings into ``Method`` objects (models loaded here, not in the timed calls).
+
+    ``cfg`` supplies ``loss`` (a ``configs/loss/*`` node), ``gatys`` (steps, method, lr, init),
+    ``paper`` (steps, lr, step_size, gamma, generator), ``seed`` and ``progress``.
+    Raises ``UserError`` for an unknown method string or a missing checkpoint.
+    """
+    specs = [str(s) for s in specs or []]
+    if not specs:
+        raise UserError(f"no method given: methods=[...] takes {METHOD_KINDS}")
+    shared = SharedLoss(_cfg_get(cfg, "loss"), device)
+    seed = _cfg_get(cfg, "seed", 0)
+    progress = bool(_cfg_get(cfg, "progress", True))
+    methods: list[Method] = []
+    guided_opts = _to_dict(_cfg_get(cfg, "guided")) if _cfg_get(cfg, "guided") is not None else {}
+    for spec in specs:
+        if spec.endswith(GUIDED_SUFFIX):
+            base = build_methods([spec[: -len(GUIDED_SUFFIX)]], cfg, device)
+            methods.extend(_with_guided_filter(m, guided_opts) for m in base)
+            continue
+        path = Path(spec).expanduser()
+        if spec == "identity":
+            methods.append(Method("identity", "identity", _identity, source=spec))
+        elif spec == "gatys":
+            methods.append(_gatys_method(shared, _to_dict(_cfg_get(cfg, "gatys")), seed, progress))
+        elif spec == "paper":
+            methods.append(_paper_method(shared, _to_dict(_cfg_get(cfg, "paper")), seed, progress))
+        elif path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            from hrstyle.inference.checkpoint import resolve_checkpoint
+
+            methods.append(_checkpoint_method(resolve_checkpoint(path), device))
+        elif path.is_dir():
+            methods.extend(_folder_methods(path, device))
+        else:
+            raise UserError(f"unknown method {spec!r}: use {METHOD_KINDS}")
+    return _unique_names(methods)
+
+
+def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
+    from hrstyle.inference.photoreal import guided_filter
+
+    radius, eps = int(opts.get("radius", 4)), float(opts.get("eps", 1e-3))
+    inner = method.fn
+
+    def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return guided_filter(inner(content, style), content.float().cpu(), radius, eps)
+
+    method.fn, method.name = fn, f"{method.name}{GUIDED_SUFFIX}"
+    method.source = f"{method.source}{GUIDED_SUFFIX}"
+    return method
+
+
+def _gatys_method(shared: SharedLoss, opts: dict[str, Any], seed: Any, progress: bool) -> Method:
+    from hrstyle.optimization.gatys import optimize_image
+
+    def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        result = optimize_image(
+            content, shared.loss, steps=int(opts.get("steps", 300)), method=opts.get("method") or "lbfgs",
+            lr=opts.get("lr"), init=opts.get("init") or "content", log_every=int(opts.get("log_every", 50)),
+            progress=progress, seed=int(seed or 0),
+        )
+        return result.image.float().cpu()
+
+    return Method("gatys", "gatys", fn, source="gatys", prepare=shared.set_style)
+
+
+def _paper_method(shared: SharedLoss, opts: dict[str, Any], seed: Any, progress: bool) -> Method:
+    from hrstyle.optimization.paper import fit_generator
+
+    def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        result = fit_generator(
+            content, shared.loss, steps=int(opts.get("steps", 500)), lr=float(opts.get("lr", 5e-3)),
+            step_size=int(opts.get("step_size", 200)), gamma=float(opts.get("gamma", 0.9)),
+            generator_config=dict(opts.get("generator") or {}), seed=seed,
+            log_every=int(opts.get("log_every", 50)), progress=progress,
+        )
+        return result.image.float().cpu()
+
+    return Method("paper", "paper", fn, source="paper", prepare=shared.set_style)
+
+
+def _unique_names(methods: list[Method]) -> list[Method]:
+    seen: dict[str, int] = {}
+    for method in methods:
+        base = method.name
+        if base in seen:
+            seen[base] += 1
+            method.name = f"{base}_{seen[base]}"
+            while method.name in seen:
+                seen[base] += 1
+                method.name = f"{base}_{seen[base]}"
+        seen.setdefault(method.name, 1)
+    return methods

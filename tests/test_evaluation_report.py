@@ -1,0 +1,178 @@
+"""The evaluation: methods, report files, contact sheet, multirun sweep grid, script."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from conftest import ROOT, random_photo
+from hrstyle.errors import UserError
+from hrstyle.evaluation.methods import build_methods, differing_overrides
+from hrstyle.evaluation.metrics import METRIC_KEYS
+from hrstyle.evaluation.report import PAD, evaluate
+from hrstyle.inference import load_generator, save_generator
+from hrstyle.losses import ContentStyleLoss
+from hrstyle.models import HRNet
+from hrstyle.optimization.paper import fit_generator
+
+THUMB = 48
+# A small random loss network: the tests check plumbing, not what the features mean.
+FAST_LOSS = ["loss.weights=random", "loss.content_layer=relu2_1", "loss.style_layers=[relu1_1,relu2_1]",
+             "loss.style_layer_weights=[1,1]"]
+
+
+def tiny_checkpoint(path: Path, style_image: str, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = HRNet(width=0.25)
+    meta = {"generator_class": "hrstyle.models.hrnet.HRNet", "generator_config": model.config,
+            "style_name": "tiny", "style_image": style_image}
+    return save_generator(path, model, meta)
+
+
+def config(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("evaluate", overrides=[f"output={tmp_path / 'report'}", f"thumb={THUMB}", "size=40",
+                                              "style_size=48", "progress=false", *FAST_LOSS, *overrides])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny images gain nothing from a second thread, and with the CPU shared a second
+    thread waiting at every op's barrier made these tests up to 15x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    contents = [random_photo(tmp_path / "photos" / "a.png", (40, 32), seed=1),
+                random_photo(tmp_path / "photos" / "b.jpg", (32, 40), seed=2)]
+    return contents, [random_photo(tmp_path / "styles" / "s1.png", (48, 48), seed=3)]
+
+
+def test_report_files_and_checkpoint_pairing(tmp_path: Path, inputs) -> None:
+    contents, styles = inputs
+    own_style = random_photo(tmp_path / "own_style.png", (40, 40), seed=4)
+    foreign = tiny_checkpoint(tmp_path / "ckpts" / "foreign.pt", "/nonexistent/style.jpg", seed=1)
+    own = tiny_checkpoint(tmp_path / "run7" / "checkpoints" / "last.ckpt", str(own_style), seed=2)
+    assert load_generator(own)[1]["style_image"] == str(own_style)
+    cfg = config(tmp_path)
+    report = evaluate(contents, styles, ["identity", str(foreign), str(own)], cfg)
+
+    out = tmp_path / "report"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report
+    assert list(report) == ["identity", "foreign", "run7"]  # top level: exactly the method names
+    for entry in report.values():
+        assert set(entry) == {"mean", "images"}
+        assert set(entry["mean"]) == {*METRIC_KEYS, "seconds"}
+        for record in entry["images"]:
+            assert set(record) == {"photo", "style", *METRIC_KEYS, "seconds"}
+            assert all(math.isfinite(record[k]) for k in (*METRIC_KEYS, "seconds"))
+    # identity runs on every style (given + checkpoints' own); a checkpoint on its own style
+    # when that file exists, else on the given ones.
+    pairs = {name: {(r["photo"], r["style"]) for r in e["images"]} for name, e in report.items()}
+    assert pairs["identity"] == {(c, s) for c in ("a", "b") for s in ("s1", "own_style")}
+    assert pairs["foreign"] == {("a", "s1"), ("b", "s1")}
+    assert pairs["run7"] == {("a", "own_style"), ("b", "own_style")}
+    identity = report["identity"]["mean"]
+    assert identity["ssim"] == pytest.approx(1.0, abs=1e-4) and identity["edge_ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert identity["content"] == pytest.approx(0.0, abs=1e-6) and identity["gram"] > 0
+
+    markdown = (out / "report.md").read_text()
+    assert "| identity |" in markdown and "| run7 |" in markdown and "SSIM ↑" in markdown and "Gram ↓" in markdown
+    assert "### s1" in markdown and "### own_style" in markdown
+    assert (out / "config.yaml").is_file()
+    assert (out / "images" / "foreign" / "a__s1.png").is_file()
+    assert Image.open(out / "images" / "run7" / "b__own_style.png").size == (32, 40)
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width == 5 * (THUMB + 2 * PAD)  # content | style | 3 methods
+    assert sheet.height > 4 * THUMB  # 4 (photo, style) rows
+
+
+def test_multirun_folder_gatys_and_paper(tmp_path: Path, inputs) -> None:
+    contents, styles = inputs
+    sweep = tmp_path / "multirun" / "starry" / "2024-01-01_00-00-00"
+    for job, weight in enumerate((1, 5)):
+        tiny_checkpoint(sweep / str(job) / "checkpoints" / "last.ckpt", "/nonexistent/style.jpg", seed=job)
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment=cpu_quick\n- loss.style_weight={weight}\n")
+    cfg = config(tmp_path, "gatys.steps=2", "paper.steps=2", "paper.generator.width=0.25")
+    report = evaluate(contents[:1], styles, [str(sweep), "gatys", "paper"], cfg)
+    assert list(report) == ["style_weight=1", "style_weight=5", "gatys", "paper"]
+    for entry in report.values():
+        assert len(entry["images"]) == 1
+        assert all(math.isfinite(entry["mean"][k]) for k in (*METRIC_KEYS, "seconds"))
+    grid = Image.open(tmp_path / "report" / "sweep_grid.png")
+    assert grid.width == 2 * (THUMB + 2 * PAD)  # one column per run
+    assert "| style_weight=5 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_differing_overrides() -> None:
+    runs = [["experiment=cpu_quick", "loss.style_weight=1", "model.width=1"],
+            ["experiment=cpu_quick", "loss.style_weight=5", "model.width=1"]]
+    assert differing_overrides(runs) == [{"style_weight": "1"}, {"style_weight": "5"}]
+    assert differing_overrides([["a.w=1", "b.w=2"], ["a.w=3", "b.w=4"]]) == [{"a.w": "1", "b.w": "2"},
+                                                                             {"a.w": "3", "b.w": "4"}]
+
+
+def test_unknown_method_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown method 'bogus'.*identity, gatys, paper"):
+        build_methods(["identity", "bogus"], config(tmp_path), torch.device("cpu"))
+
+
+def test_fit_generator_lowers_the_loss() -> None:
+    loss = ContentStyleLoss(weights="random", content_layer="relu2_1", style_layers=["relu1_1", "relu2_1"])
+    torch.manual_seed(0)
+    loss.set_style(torch.rand(1, 3, 32, 32))
+    content = torch.rand(1, 3, 32, 24)
+    result = fit_generator(content, loss, steps=6, lr=1e-2, generator_config={"width": 0.25}, log_every=0,
+                           progress=False)
+    assert result.image.shape == content.shape and 0 <= result.image.min() and result.image.max() <= 1
+    assert [step for step, _ in result.history] == [0, 6]
+    assert result.history[-1][1]["loss"] < result.history[0][1]["loss"]
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_script_end_to_end(tmp_path: Path, inputs) -> None:
+    contents, styles = inputs
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", "/nonexistent/style.jpg")
+    out = tmp_path / "out"
+    proc = _script(f"content={contents[0].parent}", f"style={styles[0]}", f"methods=[identity,{ckpt}]",
+                   f"output={out}", "size=40", f"thumb={THUMB}", "progress=false", *FAST_LOSS)
+    assert proc.returncode == 0, proc.stderr
+    assert "Report:" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert list(report) == ["identity", "tiny"] and len(report["tiny"]["images"]) == 2
+    assert (out / "contact_sheet.png").is_file() and (out / "report.md").is_file()
+
+
+def test_script_unknown_method_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    # The script as __main__ but in-process (the end-to-end test above already pays for one
+    # interpreter start): its `style=` alias, Hydra, run_or_exit's message and exit status.
+    photo = random_photo(tmp_path / "p.png", (32, 32))
+    argv = [f"content={photo}", f"style={photo}", "methods=[identity,bogus]", f"output={tmp_path / 'o'}"]
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "evaluate.py"), *argv])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "scripts" / "evaluate.py"), run_name="__main__")
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown method 'bogus'")
