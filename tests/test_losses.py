@@ -194,3 +194,24 @@ def test_loss_requires_a_style_and_valid_weights():
         loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
     with pytest.raises(UserError, match="style_weight"):
         ContentStyleLoss(weights="random", arch="vgg16", style_weight=-1)
+
+
+def test_photoreal_term_penalizes_invented_texture_and_trains():
+    loss = ContentStyleLoss(arch="vgg16", weights="random", content_layer="conv2_2",
+                            style_layers=["conv1_1"], photoreal_weight=2.0)
+    loss.set_style(torch.rand(1, 3, 32, 32))
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 48), torch.linspace(0, 1, 48), indexing="ij")
+    photo = torch.stack([xx, yy, (xx * yy)]).unsqueeze(0)
+    recoloured = loss(photo * 0.7 + 0.1, photo)
+    noisy = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    textured = loss(noisy, photo)
+    assert recoloured["photoreal_loss"] < 0.02 < 0.3 < textured["photoreal_loss"]
+    # Only there when its weight is > 0; it has a gradient.
+    no_term = ContentStyleLoss(arch="vgg16", weights="random", content_layer="conv2_2", style_layers=["conv1_1"])
+    no_term.set_style(torch.rand(1, 3, 32, 32))
+    assert "photoreal_loss" not in no_term(noisy, photo)
+    image = noisy.clone().requires_grad_(True)
+    loss(image, photo)["photoreal_loss"].backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="photoreal_weight"):
+        ContentStyleLoss(arch="vgg16", weights="random", photoreal_weight=-1)

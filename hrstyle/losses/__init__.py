@@ -1,5 +1,6 @@
 """Loss network (frozen VGG) and the content/style/TV losses computed on it."""
 
+from hrstyle.losses.photoreal import photorealism_residual
 from hrstyle.losses.perceptual import PAPER_STYLE_LAYERS, ContentStyleLoss, gram_matrix, total_variation
 from hrstyle.losses.vgg import VGGFeatures, WeightsUnavailableError, layer_names
 
@@ -10,5 +11,6 @@ __all__ = [
     "WeightsUnavailableError",
     "gram_matrix",
     "layer_names",
+    "photorealism_residual",
     "total_variation",
 ]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrstyle.errors import UserError
+from hrstyle.losses.photoreal import photorealism_residual
 from hrstyle.losses.vgg import VGGFeatures
 
 #: The paper's style layers and per-layer weights.
@@ -46,6 +47,10 @@ class ContentStyleLoss(nn.Module):
             Two lists rather than a mapping because a command-line override replaces a
             list but merges into a mapping.
         content_weight, style_weight, tv_weight: weights of the three terms.
+        photoreal_weight: weight of the photorealism term (0 = off): the share of the
+            output's local variance that no local affine colour transform of the content
+            explains (``photorealism_residual``, 7×7 windows), i.e. invented texture,
+            ripples and streaks. A training-time photorealism control.
         normalize: divide each layer's loss by the mean square of its target (content
             features, style Gram). Feature scales differ by orders of magnitude between
             layers and between loss networks (conv2_1 of the offline VGG16 has Gram entries
@@ -55,7 +60,8 @@ class ContentStyleLoss(nn.Module):
 
     Call ``set_style(style_image)`` once; its Gram matrices become buffers. ``forward(output,
     content)`` takes two (N, 3, H, W) batches in [0, 1] and returns a dict of scalar tensors:
-    ``loss`` (weighted total), ``content_loss``, ``style_loss``, ``tv_loss`` (unweighted).
+    ``loss`` (weighted total), ``content_loss``, ``style_loss``, ``tv_loss`` (unweighted), and
+    ``photoreal_loss`` when ``photoreal_weight > 0``.
     """
 
     def __init__(
@@ -69,15 +75,19 @@ class ContentStyleLoss(nn.Module):
         style_weight: float = 1.0,
         tv_weight: float = 0.0,
         normalize: bool = True,
+        photoreal_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.style_layers = _layer_weights(style_layers, style_layer_weights)
-        for name, value in [("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)]:
+        term_weights = [("content_weight", content_weight), ("style_weight", style_weight),
+                        ("tv_weight", tv_weight), ("photoreal_weight", photoreal_weight)]
+        for name, value in term_weights:
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
         self.content_layer = content_layer
         self.normalize = normalize
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.photoreal_weight = photoreal_weight
         self.encoder = VGGFeatures([content_layer, *self.style_layers], arch=arch, weights=weights)
         for name in self.style_layers:
             self.register_buffer(_target_name(name), None, persistent=False)
@@ -115,7 +125,11 @@ class ContentStyleLoss(nn.Module):
             style_loss = style_loss + weight * layer_loss
         tv_loss = total_variation(output)
         loss = self.content_weight * content_loss + self.style_weight * style_loss + self.tv_weight * tv_loss
-        return {"loss": loss, "content_loss": content_loss, "style_loss": style_loss, "tv_loss": tv_loss}
+        terms = {"content_loss": content_loss, "style_loss": style_loss, "tv_loss": tv_loss}
+        if self.photoreal_weight > 0:
+            terms["photoreal_loss"] = photorealism_residual(output.float(), content.float()).mean()
+            loss = loss + self.photoreal_weight * terms["photoreal_loss"]
+        return {"loss": loss, **terms}
 
 
 def _layer_weights(
