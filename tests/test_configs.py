@@ -68,7 +68,12 @@ def test_default_recipe_and_the_papers():
     assert paper.model.output == "image"
     assert paper.optimizer.lr == 5e-3 and paper.scheduler.step_size == 200 and paper.scheduler.gamma == 0.9
     quick = compose_train(["experiment=cpu_quick"])
-    assert quick.model.output == "residual" and quick.trainer.max_steps == 1200 and quick.loss.style_weight == 5
+    assert quick.model.output == "residual" and quick.trainer.max_steps == 600
+    assert quick.loss.style_weight == 10 and quick.loss.photoreal_weight == 10
+    # Painterly styles opt out of the photorealism term and of the guided filter.
+    starry = compose_train(["style=starry"])
+    assert starry.loss.photoreal_weight == 0 and starry.style.guided_radius == 0
+    assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 4
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     assert loss == {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}
