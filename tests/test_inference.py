@@ -226,3 +226,15 @@ def test_guided_filter_control_follows_the_checkpoint_unless_set(checkpoint, tmp
     assert photorealism_residual(out, x).item() < photorealism_residual(raw, x).item() / 2
     with pytest.raises(UserError, match="guided"):
         Stylizer(checkpoint, device="cpu", guided_radius=-1)
+
+
+def test_inference_does_not_import_the_training_stack():
+    """Start-up time: stylizing needs neither Lightning, torchvision, the loss network nor the
+    training code (importing Lightning alone took ~2 s)."""
+    code = (
+        "import sys, hrstyle.inference, hrstyle.data.samples\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'torchvision')\n"
+        "               or m.startswith(('hrstyle.training', 'hrstyle.losses', 'hrstyle.evaluation')))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from hrstyle.errors import UserError
-from hrstyle.training.module import CHECKPOINT_KEY
+
+#: Key under which checkpoints store what inference needs to rebuild the generator. Defined here,
+#: not in the training module, so that inference never imports Lightning.
+CHECKPOINT_KEY = "hrstyle"
 
 #: The repository root (checkpoints/ lives there in a source checkout / editable install).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,9 @@ from torch import nn
 from hrstyle.data.images import load_image
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics
+from hrstyle.inference.checkpoint import CHECKPOINT_KEY
 from hrstyle.losses import ContentStyleLoss
 
-#: Key under which checkpoints store what inference needs to rebuild the generator.
-CHECKPOINT_KEY = "hrstyle"
 
 
 class StyleTransferModule(pl.LightningModule):
