@@ -67,7 +67,7 @@ def test_default_recipe_and_the_papers():
     paper = compose_train(["experiment=paper", "data.content=photo.jpg"])
     assert paper.model.output == "image"
     assert paper.optimizer.lr == 5e-3 and paper.scheduler.step_size == 200 and paper.scheduler.gamma == 0.9
-    quick = compose_train(["experiment=cpu_quick"])
+    quick = compose_train(["experiment=cpu_quick", "style=custom", "style.image=x.jpg"])
     assert quick.model.output == "residual" and quick.trainer.max_steps == 600
     assert quick.loss.style_weight == 10 and quick.loss.photoreal_weight == 10
     # Painterly styles opt out of the photorealism term and of the guided filter.
