@@ -62,7 +62,7 @@ def test_command_line_overrides_reach_the_objects():
 def test_default_recipe_and_the_papers():
     """The default trains a feed-forward style over many photos (residual generator, Adam 1e-3);
     experiment=paper keeps the paper's generator output and its one-photo schedule."""
-    cfg = compose_train([])
+    cfg = compose_train(["style=custom", "style.image=x.jpg"])
     assert cfg.model.output == "residual" and cfg.optimizer.lr == 1e-3
     paper = compose_train(["experiment=paper", "data.content=photo.jpg"])
     assert paper.model.output == "image"
@@ -70,10 +70,13 @@ def test_default_recipe_and_the_papers():
     quick = compose_train(["experiment=cpu_quick", "style=custom", "style.image=x.jpg"])
     assert quick.model.output == "residual" and quick.trainer.max_steps == 600
     assert quick.loss.style_weight == 10 and quick.loss.photoreal_weight == 10
-    # Painterly styles opt out of the photorealism term and of the guided filter.
-    starry = compose_train(["style=starry"])
-    assert starry.loss.photoreal_weight == 0 and starry.style.guided_radius == 0
-    assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 4
+    # Painterly styles use the painterly recipe: the paper's generator output and rate, no photorealism controls.
+    for painting in ("starry", "udnie"):
+        painterly = compose_train([f"style={painting}", "experiment=cpu_quick"])
+        assert painterly.model.output == "image" and painterly.optimizer.lr == 5e-3
+        assert painterly.loss.photoreal_weight == 0 and painterly.style.guided_radius == 0
+    assert compose_train(["style=starry"]).loss.style_weight == 3
+    assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 8
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     assert loss == {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}

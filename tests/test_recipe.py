@@ -32,7 +32,7 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
     ], tmp_path / "run")
     result = train(cfg)
     generator, meta = load_generator(result["last_checkpoint"])
-    assert meta["generator_config"]["output"] == "residual" and meta["guided_radius"] == 4
+    assert meta["generator_config"]["output"] == "residual" and meta["guided_radius"] == 8
 
     metrics = StyleMetrics(arch="vgg16", weights=str(OFFLINE_VGG16))
     metrics.set_style(load_image(SHARED_STYLES / "capvst_03.jpeg", 256)[None])

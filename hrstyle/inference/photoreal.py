@@ -22,7 +22,7 @@ from kornia.filters import guided_blur
 STRIP_PIXELS = 2_000_000
 
 
-def guided_filter(stylized: torch.Tensor, photo: torch.Tensor, radius: int = 4, eps: float = 1e-3) -> torch.Tensor:
+def guided_filter(stylized: torch.Tensor, photo: torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
     """Project ``stylized`` onto local affine colour transforms of ``photo``.
 
     Args:
