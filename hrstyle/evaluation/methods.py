@@ -255,9 +255,9 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
 
 
 def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
-    from hrstyle.inference.photoreal import guided_filter
+    from hrstyle.inference.photoreal import DEFAULT_RADIUS, guided_filter
 
-    radius, eps = int(opts.get("radius", 8)), float(opts.get("eps", 1e-3))
+    radius, eps = int(opts.get("radius", DEFAULT_RADIUS)), float(opts.get("eps", 1e-3))
     inner = method.fn
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

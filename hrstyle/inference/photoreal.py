@@ -18,11 +18,17 @@ from __future__ import annotations
 import torch
 from kornia.filters import guided_blur
 
+#: Default window radius (17×17): measured against 4 on unseen photos, +0.04 edge-SSIM for 3% more
+#: Gram distance (README "Styles that work on any photo").
+DEFAULT_RADIUS = 8
+
 #: Rows per strip, at most (the 3×3 covariances cost ~40 floats per pixel).
 STRIP_PIXELS = 2_000_000
 
 
-def guided_filter(stylized: torch.Tensor, photo: torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
+def guided_filter(
+    stylized: torch.Tensor, photo: torch.Tensor, radius: int = DEFAULT_RADIUS, eps: float = 1e-3
+) -> torch.Tensor:
     """Project ``stylized`` onto local affine colour transforms of ``photo``.
 
     Args:

@@ -18,7 +18,6 @@ from hrstyle.inference.checkpoint import CHECKPOINT_KEY
 from hrstyle.losses import ContentStyleLoss
 
 
-
 class StyleTransferModule(pl.LightningModule):
     """Trains ``generator`` so that its output keeps the content of the input photo and
     takes the style (Gram statistics) of one style image.
