@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -31,4 +33,73 @@ def run_or_exit(fn: Callable[[], T]) -> T:
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# Hydra's command-line flags that take a value (the next argument is not an override).
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+# Characters Hydra's override grammar takes in an unquoted value (plus its list/sweep syntax).
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_\-+./\\:~%*@?|$,\[\]{}()=]*")
+# Config groups that `group=null` should remove from the defaults list (Hydra only knows `~group`).
+_OPTIONAL_GROUPS = ("logger",)
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as one Hydra single-quoted string (for paths with spaces, accents, quotes)."""
+    # Hydra: inside quotes a backslash is literal unless it precedes a quote.
+    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
+    return f"'{value}'"
+
+
+def hydra_argv(argv: list[str], positional_key: str | None = None) -> list[str]:
+    """Command-line arguments as people type them → arguments Hydra parses.
+
+    * ``key=value`` whose value Hydra's grammar would reject (spaces, non-ASCII letters,
+      quotes, ``&``, ...: the shell has already removed the user's quotes) is quoted:
+      ``input=/photos/My Photo ü.jpg`` → ``input='/photos/My Photo ü.jpg'``.
+    * Arguments that are not ``key=value`` (or that name an existing file) become
+      ``positional_key=[...]`` when ``positional_key`` is given: ``infer.py a.jpg "b c.jpg"``.
+    * ``logger=null`` → ``~logger`` (remove an optional config group).
+    Hydra's own flags (``--multirun``, ``--cfg job``, ...) pass through untouched.
+    """
+    out: list[str] = []
+    positional: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("-") and not os.path.exists(arg):
+            out.append(arg)
+            if arg in _FLAGS_WITH_VALUE:
+                value = next(args, None)
+                if value is not None:
+                    out.append(value)
+            continue
+        if arg.startswith("~") and "=" not in arg:  # ~group: delete from the config
+            out.append(arg)
+            continue
+        if "=" not in arg or os.path.exists(arg) or arg.startswith("="):
+            positional.append(arg)
+            continue
+        key, value = arg.split("=", 1)
+        if key.lstrip("+~") in _OPTIONAL_GROUPS and value in ("null", "none", "None"):
+            out.append(f"~{key.lstrip('+~')}")
+        elif value and value[0] not in "'\"" and not _PLAIN_VALUE.fullmatch(value):
+            out.append(f"{key}={hydra_quote(value)}")
+        else:
+            out.append(arg)
+    if positional:
+        if positional_key is None:
+            raise UserError(f"unexpected argument {positional[0]!r}: settings are key=value (e.g. size=512)")
+        items = ",".join(hydra_quote(p) for p in positional)
+        out.append(f"{positional_key}=[{items}]")
+    return out
+
+
+def prepare_argv(positional_key: str | None = None) -> None:
+    """Rewrite ``sys.argv`` with ``hydra_argv`` before ``@hydra.main`` reads it (one-line error if impossible)."""
+    try:
+        sys.argv[1:] = hydra_argv(sys.argv[1:], positional_key)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from hrstyle.cli import run_or_exit
+from hrstyle.cli import prepare_argv, run_or_exit
 from hrstyle.data.images import find_images
 from hrstyle.errors import UserError
 from hrstyle.evaluation.report import evaluate
@@ -47,5 +47,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv()
     sys.argv[1:] = style_alias(sys.argv[1:])
     main()

@@ -6,7 +6,7 @@ See configs/export.yaml for the options; files go to outputs/export/ unless outp
 import hydra
 from omegaconf import DictConfig
 
-from hrstyle.cli import run_or_exit
+from hrstyle.cli import prepare_argv, run_or_exit
 from hrstyle.inference.export import export_checkpoint, verify_exports
 
 
@@ -23,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv()
     main()

@@ -1,18 +1,19 @@
-"""Stylize photos with a trained style:  python scripts/infer.py input=photo.jpg [key=value ...]
+"""Stylize photos with a trained style:  python scripts/infer.py photo.jpg "My Photo.jpg" photos/ [key=value ...]
 
-Input: a file, a folder (recursive, mirrored under output) or a glob. See configs/infer.yaml.
+Inputs (plain arguments, or input=...): files, folders (recursive, mirrored under output) or
+globs. See configs/infer.yaml.
 """
 
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from hrstyle.cli import run_or_exit
+from hrstyle.cli import prepare_argv, run_or_exit
 from hrstyle.data.images import save_image_atomic
 from hrstyle.data.samples import sample_image
-from hrstyle.inference import Stylizer, plan_jobs, stylize_files
+from hrstyle.inference import Stylizer, plan_many, stylize_files
 
 
 def run(cfg: DictConfig) -> int:
@@ -22,17 +23,22 @@ def run(cfg: DictConfig) -> int:
         channels_last=cfg.channels_last, compile=cfg.compile,
         guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps,
     )
-    source = cfg.input
-    if source is None:  # nothing given: show what the tool does on a built-in sample
-        source = str(save_image_atomic(sample_image(0, 512), Path("outputs/stylized/sample_content.png")))
-        print(f"No input given: stylizing the built-in sample {source} with the '{stylizer.style_name}' style.")
-    jobs, skipped = plan_jobs(source, cfg.output, cfg.format, stylizer.style_name)
+    sources = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]
+    if sources == [None]:  # nothing given: show what the tool does on a built-in sample
+        sources = [str(save_image_atomic(sample_image(0, 512), Path("outputs/stylized/sample_content.png")))]
+        print(f"No input given: stylizing the built-in sample {sources[0]} with the '{stylizer.style_name}' style.")
+    jobs, skipped, existing = plan_many(sources, cfg.output, cfg.format, stylizer.style_name, cfg.overwrite)
     for path in skipped:
         print(f"warning: skipping {path} (not an image file)", file=sys.stderr)
+    if existing:
+        print(f"Skipping {len(existing)} image(s) whose output already exists (overwrite=true to redo them).")
     if not jobs:
-        print(f"error: no images found in {source}", file=sys.stderr)
+        if existing:
+            return 0
+        print(f"error: no images found in {', '.join(map(str, sources))}", file=sys.stderr)
         return 2
-    summary = stylize_files(stylizer, jobs, cfg.quality, cfg.max_size, cfg.batch_size, cfg.workers)
+    summary = stylize_files(stylizer, jobs, cfg.quality, cfg.max_size, cfg.batch_size, cfg.workers,
+                            max_pixels=cfg.max_pixels)
     mps = summary.megapixels / summary.seconds if summary.seconds else 0.0
     print(f"Done: {summary.done} image(s), {summary.megapixels:.1f} MP in {summary.seconds:.1f} s ({mps:.2f} MP/s) "
           f"on {stylizer.device}; {len(summary.failed)} failed, {len(skipped)} non-image file(s) skipped.")
@@ -47,4 +53,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv("input")
     main()

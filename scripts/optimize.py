@@ -11,7 +11,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hrstyle.cli import run_or_exit
+from hrstyle.cli import prepare_argv, run_or_exit
 from hrstyle.data.images import load_image, save_image_atomic, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.stylizer import pick_device
@@ -57,5 +57,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv()
     sys.argv[1:] = style_alias(sys.argv[1:])
     main()

@@ -6,7 +6,7 @@ See configs/train.yaml for every option; outputs go to outputs/train/<style>/<ti
 import hydra
 from omegaconf import DictConfig
 
-from hrstyle.cli import run_or_exit
+from hrstyle.cli import prepare_argv, run_or_exit
 from hrstyle.training.train import train
 
 
@@ -22,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv()
     main()

@@ -103,10 +103,10 @@ def test_other_top_level_configs_compose(name):
 
 
 def test_all_top_level_configs_are_tested():
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export", "evaluate", "optimize"}
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export", "evaluate", "optimize", "explore"}
 
 
-@pytest.mark.parametrize("name", ["evaluate", "optimize"])
+@pytest.mark.parametrize("name", ["evaluate", "optimize", "explore"])
 def test_evaluation_and_optimization_configs_compose(name):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(name, overrides=["loss=vgg16", "loss.weights=random"])

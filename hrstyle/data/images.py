@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,7 +15,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hrstyle.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+#: Largest image (width × height) opened unless the caller raises it: Pillow's own limit
+#: against decompression bombs (a 48 KB PNG can claim 20000×20000 pixels and take 1.2 GB).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# hrstyle checks every image against ``max_pixels`` itself (see ``open_rgb``), before it
+# is decoded; Pillow's warning for sizes between its limit and twice that would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -30,18 +40,57 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
+def open_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image as 8-bit RGB with its EXIF orientation applied.
 
     Grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images are
-    converted; a file that is not a readable image raises ``UserError``.
+    converted; an animated GIF/WebP gives its first frame. A file that is not a readable
+    image, or has more than ``max_pixels`` pixels (None: no limit), raises ``UserError``
+    before it is decoded.
     """
+    path = Path(path)
+    if max_pixels is not None and max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses at twice its limit: let ours decide
+    elif max_pixels is None:
+        Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as img:
+            check_pixels(path, img.width, img.height, max_pixels)
+            img.seek(0)
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from exc
+    except UserError:
+        raise
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused before we see the size
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)) / 1e6:.1f} megapixels" if claimed else "too many pixels"
+        raise UserError(
+            f"{path} claims {size}, more than max_pixels={max_pixels} (a guard against decompression bombs). {_RAISE_LIMIT}"
+        ) from exc
+    except MemoryError as exc:
+        raise UserError(f"not enough memory to decode {path}; lower max_pixels or free memory") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in a decoder
+        if isinstance(exc, FileNotFoundError):
+            raise UserError(f"image not found: {path}") from exc
+        if isinstance(exc, IsADirectoryError):
+            raise UserError(f"{path} is a folder, not an image") from exc
+        if path.is_file() and path.stat().st_size == 0:
+            raise UserError(f"cannot read image {path}: the file is empty (0 bytes)") from exc
+        reason = str(exc) if isinstance(exc, (UnidentifiedImageError, OSError)) else f"{type(exc).__name__}: {exc}"
+        raise UserError(f"cannot read image {path}: {reason}") from exc
+
+
+_RAISE_LIMIT = "If the image is genuine, raise the limit, e.g. max_pixels=300000000 (null: no limit)."
+
+
+def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels (a decompression bomb, or a
+    panorama the user must allow explicitly) with a one-line ``UserError``."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise UserError(
+            f"{path} is {width}x{height} ({width * height / 1e6:.1f} megapixels), more than "
+            f"max_pixels={max_pixels} (a guard against decompression bombs). {_RAISE_LIMIT}"
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -73,9 +122,12 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def load_image(path: str | os.PathLike, max_size: int | None = None) -> torch.Tensor:
-    """Load an image as a (3, H, W) tensor in [0, 1], downscaled so max(H, W) <= max_size."""
-    img = open_rgb(path)
+def load_image(
+    path: str | os.PathLike, max_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """Load an image as a (3, H, W) tensor in [0, 1], downscaled so max(H, W) <= max_size
+    (see ``open_rgb`` for ``max_pixels``)."""
+    img = open_rgb(path, max_pixels)
     if max_size is not None and max(img.size) > max_size:
         img = resize_long_side(img, max_size)
     return pil_to_tensor(img)

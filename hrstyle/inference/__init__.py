@@ -2,7 +2,7 @@
 
 from hrstyle.inference.checkpoint import load_generator, save_generator
 from hrstyle.inference.color import apply_strength, preserve_color
-from hrstyle.inference.files import Job, plan_jobs, stylize_files
+from hrstyle.inference.files import Job, plan_jobs, plan_many, stylize_files
 from hrstyle.inference.stylizer import Stylizer
 from hrstyle.inference.tiling import stylize_tiled
 
@@ -12,6 +12,7 @@ __all__ = [
     "apply_strength",
     "load_generator",
     "plan_jobs",
+    "plan_many",
     "preserve_color",
     "save_generator",
     "stylize_files",

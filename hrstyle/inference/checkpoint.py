@@ -47,10 +47,17 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
     module_name, _, class_name = meta["generator_class"].rpartition(".")
     if not module_name.startswith("hrstyle."):
         raise UserError(f"{path}: refusing to build generator class {meta['generator_class']!r}")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    model = cls(**meta["generator_config"])
     state = {k.removeprefix("generator."): v for k, v in ckpt["state_dict"].items() if k.startswith("generator.")}
-    model.load_state_dict(state)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        model = cls(**meta["generator_config"])
+        model.load_state_dict(state)
+    except (ImportError, AttributeError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: its weights do not fit its generator {meta['generator_class']}"
+            f"({meta.get('generator_config')}) — a damaged or hand-edited checkpoint? ({first})"
+        ) from exc
     meta["global_step"] = ckpt.get("global_step")
     return model.eval(), meta
 

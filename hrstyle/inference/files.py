@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hrstyle.data.images import is_image_file, open_rgb, pil_to_tensor, resize_long_side, save_image_atomic, tensor_to_pil
+from hrstyle.data.images import DEFAULT_MAX_PIXELS, is_image_file, open_rgb, pil_to_tensor, resize_long_side, save_image_atomic, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.stylizer import Stylizer
 
@@ -88,6 +88,31 @@ def plan_jobs(input: str, output: str | None, fmt: str | None = None, style: str
     return jobs, skipped
 
 
+def plan_many(
+    inputs: list[str], output: str | None, fmt: str | None = None, style: str = "style", overwrite: bool = True
+) -> tuple[list[Job], list[Path], list[Job]]:
+    """``plan_jobs`` for several inputs → ``(jobs, skipped, existing)``.
+
+    A folder or glob run resumes: with ``overwrite=False`` its jobs whose output already
+    exists (written atomically, so complete) move to ``existing``. A single photo is always
+    redone. Two inputs that would write the same output are refused.
+    """
+    if len(inputs) > 1 and output and Path(output).suffix and is_image_file(output):
+        raise UserError(f"{len(inputs)} inputs given: output must be a folder, not {output}")
+    jobs, skipped, existing, seen = [], [], [], {}
+    for item in inputs:
+        planned, rest = plan_jobs(str(item), output, fmt, style)
+        many = glob.has_magic(str(item)) or Path(str(item)).expanduser().is_dir()
+        for job in planned:
+            key = job.dst.resolve()
+            if key in seen and seen[key] != job.src.resolve():
+                raise UserError(f"{seen[key]} and {job.src} would both be written to {job.dst}: give them separate runs or outputs")
+            seen[key] = job.src.resolve()
+            (existing if many and not overwrite and job.dst.exists() else jobs).append(job)
+        skipped += rest
+    return jobs, skipped, existing
+
+
 def _glob_base(pattern: str) -> Path:
     """The folder part of a glob before its first wildcard (outputs mirror below it)."""
     parts = Path(os.path.expanduser(pattern)).parts
@@ -99,8 +124,8 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _decode(job: Job, max_size: int | None) -> tuple[torch.Tensor, bytes | None]:
-    img = open_rgb(job.src)
+def _decode(job: Job, max_size: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, bytes | None]:
+    img = open_rgb(job.src, max_pixels)
     icc = img.info.get("icc_profile")
     if max_size and max(img.size) > max_size:
         img = resize_long_side(img, max_size)
@@ -122,12 +147,13 @@ def stylize_files(
     batch_size: int = 4,
     workers: int = 2,
     log: Callable[[str], None] = print,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Summary:
     """Stylize every job; a bad file is reported and skipped, the others go on.
 
     Images of the same size that need no tiling are stacked into batches of up to
     ``batch_size``. Decoding runs ahead in ``workers`` threads; encoding and atomic
-    writes happen in the background too.
+    writes happen in the background too. Images over ``max_pixels`` are refused (skipped).
     """
     summary = Summary()
     protect = {j.src.resolve() for j in jobs}
@@ -139,7 +165,7 @@ def stylize_files(
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode") as decoder, \
             ThreadPoolExecutor(max(1, workers), thread_name_prefix="encode") as encoder:
         pending_writes: list[tuple[int, Job, Future]] = []
-        for batch in _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log):
+        for batch in _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pixels):
             t0 = time.perf_counter()
             stacked = torch.stack([x for _, _, x, _ in batch])
             outputs = stylizer.stylize_tensor(stacked)
@@ -161,7 +187,7 @@ def stylize_files(
     return summary
 
 
-def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log) -> Iterator[list]:
+def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pixels) -> Iterator[list]:
     """Decoded images in order, grouped into same-size batches; decoding runs ahead."""
     queue: deque[tuple[int, Job, Future]] = deque()
     todo = iter(enumerate(jobs))
@@ -173,7 +199,7 @@ def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log) -> Ite
             if item is None:
                 return
             index, job = item
-            queue.append((index, job, decoder.submit(_decode, job, max_size)))
+            queue.append((index, job, decoder.submit(_decode, job, max_size, max_pixels)))
 
     batch: list = []
     refill()

@@ -51,6 +51,8 @@ class ContentStyleLoss(nn.Module):
             output's local variance that no local affine colour transform of the content
             explains (``photorealism_residual``, 7×7 windows), i.e. invented texture,
             ripples and streaks. A training-time photorealism control.
+        color_weight: weight of the mean-colour term (0 = off): the squared difference between
+            each output's mean RGB and the style image's, relative to the latter's square.
         normalize: divide each layer's loss by the mean square of its target (content
             features, style Gram). Feature scales differ by orders of magnitude between
             layers and between loss networks (conv2_1 of the offline VGG16 has Gram entries
@@ -76,18 +78,21 @@ class ContentStyleLoss(nn.Module):
         tv_weight: float = 0.0,
         normalize: bool = True,
         photoreal_weight: float = 0.0,
+        color_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.style_layers = _layer_weights(style_layers, style_layer_weights)
         term_weights = [("content_weight", content_weight), ("style_weight", style_weight),
-                        ("tv_weight", tv_weight), ("photoreal_weight", photoreal_weight)]
+                        ("tv_weight", tv_weight), ("photoreal_weight", photoreal_weight),
+                        ("color_weight", color_weight)]
         for name, value in term_weights:
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
         self.content_layer = content_layer
         self.normalize = normalize
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
-        self.photoreal_weight = photoreal_weight
+        self.photoreal_weight, self.color_weight = photoreal_weight, color_weight
+        self.register_buffer("style_mean_color", None, persistent=False)
         self.encoder = VGGFeatures([content_layer, *self.style_layers], arch=arch, weights=weights)
         for name in self.style_layers:
             self.register_buffer(_target_name(name), None, persistent=False)
@@ -100,6 +105,7 @@ class ContentStyleLoss(nn.Module):
         feats = self.encoder(style.to(self.encoder.mean.device))
         for name in self.style_layers:
             setattr(self, _target_name(name), gram_matrix(feats[name]))
+        self.style_mean_color = style.to(self.encoder.mean.device).float().mean(dim=(2, 3))  # (1, 3)
 
     def style_targets(self) -> dict[str, torch.Tensor]:
         targets = {name: getattr(self, _target_name(name)) for name in self.style_layers}
@@ -129,6 +135,13 @@ class ContentStyleLoss(nn.Module):
         if self.photoreal_weight > 0:
             terms["photoreal_loss"] = photorealism_residual(output.float(), content.float()).mean()
             loss = loss + self.photoreal_weight * terms["photoreal_loss"]
+        if self.color_weight > 0:
+            # The output's mean colour against the style's: without it the shallow Gram layers
+            # (whose energy a smooth style photo has far less of than a detailed content
+            # photo) are matched by darkening the whole picture (README, "Known limits").
+            mean_color = output.float().mean(dim=(2, 3))
+            terms["color_loss"] = (mean_color - self.style_mean_color).pow(2).mean() / self.style_mean_color.pow(2).mean().clamp_min(1e-6)
+            loss = loss + self.color_weight * terms["color_loss"]
         return {"loss": loss, **terms}
 
 

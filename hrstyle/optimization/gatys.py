@@ -53,7 +53,7 @@ def optimize_image(
     steps: int = 300,
     method: str = "lbfgs",
     lr: float | None = None,
-    init: str = "content",
+    init: str | torch.Tensor = "content",
     log_every: int = 50,
     progress: bool = True,
     seed: int = 0,
@@ -73,8 +73,9 @@ def optimize_image(
         method: "lbfgs" (Gatys et al.'s choice) or "adam".
         lr: step size; None gives 1.0 for LBFGS and 0.02 for Adam. Both act on the logits
             of the image (see below), not on the pixels.
-        init: "content" (start from the photo: content loss 0 at step 0) or "noise" (uniform
-            white noise drawn with ``seed``).
+        init: "content" (start from the photo: content loss 0 at step 0), "noise" (uniform
+            white noise drawn with ``seed``), or a start image: a tensor of ``content``'s shape
+            in [0, 1] (clamped like ``content``).
         log_every: record the losses in ``history`` (and print the progress line, and call
             ``callback``) every ``log_every`` steps; <= 0 logs only the first and last.
         progress: print a progress line to stderr at each log step.
@@ -98,7 +99,10 @@ def optimize_image(
     """
     if method not in METHODS:
         raise UserError(f"unknown optimization method {method!r}: use one of {', '.join(METHODS)}")
-    if init not in INITS:
+    if isinstance(init, torch.Tensor):
+        if init.shape != content.shape:
+            raise UserError(f"the start image has shape {tuple(init.shape)}, the content {tuple(content.shape)}")
+    elif init not in INITS:
         raise UserError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
     if lr is None:
         lr = DEFAULT_LR[method]
@@ -109,7 +113,9 @@ def optimize_image(
     # contiguous: an image decoded from HWC has permuted strides, which its gradient would
     # inherit, and LBFGS needs to .view() the gradient flat.
     content = content.detach().to(device=device, dtype=torch.float32).clamp(0, 1).contiguous()
-    if init == "content":
+    if isinstance(init, torch.Tensor):
+        start_image = init.detach().to(device=device, dtype=torch.float32)
+    elif init == "content":
         start_image = content
     else:
         gen = torch.Generator().manual_seed(seed)

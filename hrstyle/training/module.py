@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from hrstyle.data.images import load_image
+from hrstyle.data.images import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics
 from hrstyle.inference.checkpoint import CHECKPOINT_KEY
@@ -39,6 +39,7 @@ class StyleTransferModule(pl.LightningModule):
             loss alone does not.
         guided_radius: the photorealism control this style should get at inference by
             default (``hrstyle.inference.photoreal``; 0 = none), stored in checkpoints.
+        max_pixels: a larger style image is refused (see ``hrstyle.data.images.open_rgb``).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class StyleTransferModule(pl.LightningModule):
         preview_every: int = 100,
         val_metrics: bool = True,
         guided_radius: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         self.generator = generator
@@ -64,7 +66,7 @@ class StyleTransferModule(pl.LightningModule):
         if not Path(style_image).expanduser().is_file():
             raise UserError(f"style image not found: {style_image} (set style.image=/path/to/style.jpg)")
         # Style Gram targets: computed once here, then non-persistent buffers of loss_fn.
-        self.style = load_image(Path(style_image).expanduser(), max_size=style_size).unsqueeze(0)
+        self.style = load_image(Path(style_image).expanduser(), max_size=style_size, max_pixels=max_pixels).unsqueeze(0)
         self.loss_fn.set_style(self.style)
         self._preview_batch: torch.Tensor | None = None
         self.metrics: StyleMetrics | None = None
@@ -82,6 +84,8 @@ class StyleTransferModule(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         losses, _ = self._losses(batch)
+        if not torch.isfinite(losses["loss"]):
+            self._diverged("the loss is " + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=batch.shape[0])
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch.shape[0])
         if self.preview_every > 0 and self.global_step % self.preview_every == 0:
@@ -118,6 +122,23 @@ class StyleTransferModule(pl.LightningModule):
         pairs = torch.stack((content.float(), stylized), dim=1).flatten(0, 1)
         grid = torchvision.utils.make_grid(pairs.clamp(0, 1), nrow=2, padding=2, pad_value=1.0)
         experiment.add_image("preview/content_stylized", grid, self.global_step)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # A finite loss can still have an infinite gradient; one such step ruins the weights.
+        grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.float().norm() for g in grads]).sum()):
+            self._diverged("the gradient is not finite")
+
+    def _diverged(self, what: str) -> None:
+        """Stop before a NaN/Inf update reaches the weights (or a checkpoint)."""
+        callback = self.trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        keep = (f"The last good checkpoint is {last}; resume from it with ckpt_path={last} after changing "
+                if last else "No checkpoint was written yet; restart with ")
+        raise UserError(
+            f"training diverged at step {self.global_step}: {what}. {keep}a lower optimizer.lr "
+            "or gradient clipping (trainer.gradient_clip_val=1.0)."
+        )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.generator.parameters())

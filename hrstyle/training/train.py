@@ -7,11 +7,25 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from hrstyle.data.images import DEFAULT_MAX_PIXELS
 from hrstyle.errors import UserError
+from hrstyle.inference.checkpoint import CHECKPOINT_KEY
+from hrstyle.training.checkpoint_io import AtomicCheckpointIO
 from hrstyle.training.module import StyleTransferModule
+
+
+def check_devices(trainer_cfg: DictConfig) -> None:
+    """A GPU asked for on a machine without one: say so in one line (Lightning's error is long)."""
+    if str(trainer_cfg.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            "the trainer asks for a GPU (trainer.accelerator=gpu) but torch sees none "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+            "Train on the CPU with trainer=cpu (or experiment=cpu_quick), or install a CUDA build of torch."
+        )
 
 
 def fetch_style_image(image: str, url: str | None) -> Path:
@@ -36,10 +50,31 @@ def fetch_style_image(image: str, url: str | None) -> Path:
     return path
 
 
+def check_resume_compatible(ckpt_path: str, model_cfg: DictConfig) -> None:
+    """Resuming with other generator settings would die deep in Lightning: say which differ."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "optimizer_states" not in ckpt:
+        raise UserError(f"{ckpt_path} is not a training checkpoint of scripts/train.py (a .ckpt with optimizer state)")
+    saved = dict(meta.get("generator_config", {}))
+    wanted = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "_target_"}
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differ:
+        raise UserError(
+            f"{ckpt_path} was trained with other generator settings: "
+            + ", ".join(f"model.{k}={saved.get(k)!r} (this run: {wanted.get(k)!r})" for k in differ)
+            + ". Resume with the checkpoint's settings (or the same style=/experiment= as its run)."
+        )
+
+
 def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate module, datamodule and trainer from a composed config."""
     style_image = fetch_style_image(cfg.style.image, cfg.style.get("url"))
-    datamodule = instantiate(cfg.data)
+    max_pixels = cfg.get("max_pixels", DEFAULT_MAX_PIXELS)
+    datamodule = instantiate(cfg.data, seed=cfg.get("seed"), max_pixels=max_pixels)
     module = StyleTransferModule(
         generator=instantiate(cfg.model),
         loss=instantiate(cfg.loss, _convert_="all"),
@@ -51,10 +86,13 @@ def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule,
         preview_every=cfg.preview_every,
         val_metrics=cfg.get("val_metrics", True),
         guided_radius=cfg.style.get("guided_radius", 0),
+        max_pixels=max_pixels,
     )
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not logger:  # nothing to log the learning rate to: train without the monitor
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     return module, datamodule, trainer
 
 
@@ -62,9 +100,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, then return where the results are and the final logged metrics."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_devices(cfg.trainer)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise UserError(f"checkpoint to resume from not found: {ckpt_path}")
+    if ckpt_path:
+        check_resume_compatible(ckpt_path, cfg.model)
     module, datamodule, trainer = build(cfg)
     datamodule.setup("fit")  # fail fast (missing/empty content folder) before the trainer starts
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

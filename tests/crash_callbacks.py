@@ -1,0 +1,49 @@
+"""Lightning callbacks the robustness tests plug into real training runs (via Hydra
+``+callbacks.<name>._target_=crash_callbacks.<Class>``, with ``tests/`` on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import torch
+from pytorch_lightning import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL the training process when it is about to run step ``step`` (a hard crash:
+    no exception handler, no teardown, no final checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordSteps(Callback):
+    """Append ``{"step", "rank", "loss", "batch_sum"}`` of every training step to a JSON-lines file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        with open(self.path, "a") as f:
+            record = {"step": trainer.global_step, "rank": trainer.global_rank, "loss": float(loss),
+                      "batch_sum": float(batch.sum())}
+            f.write(json.dumps(record) + "\n")
+
+
+class PoisonAtStep(Callback):
+    """Fill the generator's first weight with NaN before step ``step`` (a diverged run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.generator.parameters()).fill_(float("nan"))
