@@ -1,28 +1,164 @@
-"""Inference speed and memory:  python scripts/benchmark_infer.py [--sizes 512x512 1024x1024 ...]
+"""Inference speed:  python scripts/benchmark_infer.py
 
-Prints a markdown table: ms per image, megapixels per second and peak memory (RSS of a
-fresh process on CPU, CUDA max allocated on GPU) for each size and precision. Each CPU
-measurement runs in its own process so that peak RSS belongs to that size alone.
+By default, two tables:
 
-    python scripts/benchmark_infer.py                       # fp32 (+ bf16/fp16 on GPU)
-    python scripts/benchmark_infer.py --sizes 6000x4000 --tile-size 1024   # 24 MP, tiled
-    python scripts/benchmark_infer.py --tiling              # tiled vs untiled difference
+1. hrstyle's default path (``Stylizer`` with its defaults, which is what ``scripts/infer.py`` runs:
+   ONNX Runtime on the CPU) against pytorch/examples' fast-neural-style ``TransformerNet`` (Johnson
+   et al.; written below from its published description, eager fp32, random weights: its speed does
+   not depend on them), in one process, on the same images, at 512², 1024² and 2048², best of
+   ``--repeats`` (interleaved), with the ratio. "first call" is the first image of that size (no
+   per-size compilation: it should be close to the best).
+2. The cost of exact tiling against an untiled forward of the same backend, with the difference.
+
+The machine's load average is printed first: timings on a busy machine are slower.
+
+    python scripts/benchmark_infer.py                            # the two tables
+    python scripts/benchmark_infer.py --memory [--backend eager] [--precisions fp32 bf16]
+                                                                 # ms, MP/s, peak memory per size (fresh processes)
+    python scripts/benchmark_infer.py --memory --sizes 6000x4000 --tile-size 1024   # 24 MP, tiled
+    python scripts/benchmark_infer.py --tiling                   # tiled vs untiled difference on photos
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
 import torch
+from torch import nn
 
 from hrstyle.inference import Stylizer
 
 DEFAULT_SIZES = ["512x512", "1024x1024", "2048x2048", "4096x2160"]
+PEER_SIZES = ["512x512", "1024x1024", "2048x2048"]
+TILE_COSTS = ["1024x685:512", "2048x2048:1024"]
+
+
+class _ConvLayer(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: int | None = None) -> None:
+        layers: list[nn.Module] = [nn.Upsample(scale_factor=upsample, mode="nearest")] if upsample else []
+        layers += [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        super().__init__(*layers)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _ConvLayer(channels, channels, 3), nn.InstanceNorm2d(channels, affine=True), nn.ReLU(),
+            _ConvLayer(channels, channels, 3), nn.InstanceNorm2d(channels, affine=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class TransformerNet(nn.Sequential):
+    """pytorch/examples' fast-neural-style network (Johnson et al. 2016 with instance norm and
+    upsample-convolutions): 9×9 conv 32, two stride-2 3×3 convs (64, 128), five residual blocks of
+    128, two nearest-upsample 3×3 convs (64, 32), 9×9 conv to RGB; reflection padding, instance norm
+    and ReLU after every conv but the last. 1.68 M parameters."""
+
+    def __init__(self) -> None:
+        def block(cin: int, cout: int, kernel: int, stride: int = 1, upsample: int | None = None) -> list[nn.Module]:
+            return [_ConvLayer(cin, cout, kernel, stride, upsample), nn.InstanceNorm2d(cout, affine=True), nn.ReLU()]
+
+        super().__init__(
+            *block(3, 32, 9), *block(32, 64, 3, 2), *block(64, 128, 3, 2),
+            *[_Residual(128) for _ in range(5)],
+            *block(128, 64, 3, upsample=2), *block(64, 32, 3, upsample=2),
+            _ConvLayer(32, 3, 9),
+        )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call; CPU time (all threads) is the steadier figure on a busy machine."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0, _cpu_seconds() - c0
+
+
+def _smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(1, 3, h // 16 + 1, w // 16 + 1), size=(h, w), mode="bilinear")
+
+
+def machine_line() -> str:
+    load = os.getloadavg()
+    try:
+        import onnxruntime
+
+        ort = f", onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort = ""
+    return (f"torch {torch.__version__}{ort}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+            f"({torch.backends.cpu.get_cpu_capability()}), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def peer_report(args: argparse.Namespace) -> None:
+    """hrstyle's default path against TransformerNet, same process and images."""
+    stylizer = Stylizer(args.checkpoint)
+    torch.manual_seed(0)
+    peer = TransformerNet().eval()
+    print(f"hrstyle default path: backend {stylizer.backend} on {stylizer.device}; TransformerNet: eager fp32")
+    stylizer.stylize_tensor(_smooth_image(256, 256))  # one warm-up at another size: no size is pre-compiled
+    with torch.inference_mode():
+        peer(_smooth_image(256, 256))
+    print("Wall-clock seconds per image (best), and CPU seconds of all threads (best) in brackets.")
+    print("| size | hrstyle default | its first call | TransformerNet | hrstyle speed-up (wall) | (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for size in args.sizes or PEER_SIZES:
+        h, w = parse_size(size)
+        image = _smooth_image(h, w)
+        first = _timed(stylizer.stylize_tensor, image)
+        ours, theirs = [first], []
+        for _ in range(args.repeats):
+            with torch.inference_mode():
+                theirs.append(_timed(peer, image))
+            ours.append(_timed(stylizer.stylize_tensor, image))
+        (ow, oc), (tw, tc) = [(min(t[0] for t in x), min(t[1] for t in x)) for x in (ours, theirs)]
+        print(f"| {w}×{h} | {ow:.2f} s ({oc:.2f}) | {first[0]:.2f} s ({first[1]:.2f}) | {tw:.2f} s ({tc:.2f}) | "
+              f"{tw / ow:.2f}× | {tc / oc:.2f}× |", flush=True)
+
+
+def tile_cost_report(args: argparse.Namespace) -> None:
+    """Exact tiling against an untiled forward, default backend, best of --repeats."""
+    untiled = Stylizer(args.checkpoint, tile_size=0)
+    print(f"\nExact tiling, backend {untiled.backend}: tiled against untiled, wall (CPU) seconds, best of {args.repeats}")
+    print("| image | tile | tiles | untiled | tiled | cost | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    from hrstyle.inference.tiling import make_tiles
+
+    for spec in args.tile_cost:
+        size, tile = spec.split(":")
+        h, w = parse_size(size)
+        image = _smooth_image(h, w, seed=1)
+        tiled = Stylizer(args.checkpoint, tile_size=int(tile))
+        tiled.stylize_tensor(_smooth_image(int(tile) + 64, int(tile) + 64))  # sessions of the tiled passes
+        a_times, b_times, cpu_a, cpu_b = [], [], [], []
+        for _ in range(args.repeats):
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            a = untiled.stylize_tensor(image)
+            a_times.append(time.perf_counter() - t0)
+            cpu_a.append(_cpu_seconds() - c0)
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            b = tiled.stylize_tensor(image)
+            b_times.append(time.perf_counter() - t0)
+            cpu_b.append(_cpu_seconds() - c0)
+        n = len(make_tiles(h, w, int(tile), tiled.tile_margin))
+        print(f"| {w}×{h} | {tile} | {n} | {min(a_times):.2f} ({min(cpu_a):.2f}) | {min(b_times):.2f} "
+              f"({min(cpu_b):.2f}) | {min(b_times) / min(a_times):.2f}× ({min(cpu_b) / min(cpu_a):.2f}×) | "
+              f"{(a - b).abs().max():.1e} |", flush=True)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -34,7 +170,7 @@ def measure(args: argparse.Namespace, size: str, precision: str) -> dict:
     """Time one size in this process; returns the figures as a dict."""
     torch.manual_seed(0)
     stylizer = Stylizer(args.checkpoint, device=args.device, precision=precision, tile_size=args.tile_size,
-                        channels_last=args.channels_last, compile=args.compile)
+                        channels_last=args.channels_last, compile=args.compile, backend=args.backend)
     h, w = parse_size(size)
     # A smooth random image: realistic enough for timing (the cost does not depend on content).
     image = torch.nn.functional.interpolate(torch.rand(1, 3, h // 16 + 1, w // 16 + 1), size=(h, w), mode="bilinear")
@@ -54,7 +190,7 @@ def measure(args: argparse.Namespace, size: str, precision: str) -> dict:
     best = min(times)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"size": size, "precision": precision, "ms": best * 1000, "mp_s": h * w / 1e6 / best,
-            "peak_gb": peak / 2**30, "tiled": stylizer.needs_tiling(h, w),
+            "peak_gb": peak / 2**30, "tiled": stylizer.needs_tiling(h, w), "backend": stylizer.backend,
             "device": torch.cuda.get_device_name() if cuda else "CPU"}
 
 
@@ -82,12 +218,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/starry.pt")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="WxH")
+    parser.add_argument("--sizes", nargs="+", default=None, help="WxH (default: 512², 1024², 2048²; with --memory "
+                        "also 4096x2160)")
+    parser.add_argument("--memory", action="store_true", help="the per-size table with peak memory (fresh processes)")
+    parser.add_argument("--backend", default="auto", help="for --memory: auto | onnx | eager")
+    parser.add_argument("--tile-cost", nargs="*", default=TILE_COSTS, help="WxH:TILE pairs for the tiling-cost table")
     parser.add_argument("--precisions", nargs="+", default=None, help="default: fp32 (+ bf16 fp16 on GPU)")
     parser.add_argument("--tile-size", type=int, default=None, help="default: 2048 on CPU, 4096 on GPU")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per size (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per size (the best is kept)")
     parser.add_argument("--tiling", action="store_true", help="report tiled vs untiled differences instead")
     parser.add_argument("--photos", nargs="+", default=["../shared/data/content/fps_content1.png"])
     parser.add_argument("--tiling-max-size", type=int, default=1600)
@@ -107,15 +247,23 @@ def main() -> None:
         size, precision = args.one.split(":")
         print(json.dumps(measure(args, size, precision)))
         return
+    print(machine_line())
+    if not args.memory:
+        peer_report(args)
+        if args.tile_cost:
+            tile_cost_report(args)
+        return
+    args.sizes = args.sizes or DEFAULT_SIZES
 
     precisions = args.precisions or (["fp32", "bf16", "fp16"] if gpu else ["fp32"])
     flags = [f"--checkpoint={args.checkpoint}", f"--device={args.device}", f"--tile-size={args.tile_size}",
-             f"--repeats={args.repeats}", "--channels-last" if args.channels_last else "--no-channels-last"]
+             f"--repeats={args.repeats}", "--channels-last" if args.channels_last else "--no-channels-last",
+             f"--backend={args.backend}"]
     flags += ["--compile"] if args.compile else []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, tile_size {args.tile_size}, "
           f"channels_last {args.channels_last}, compile {args.compile}")
-    print("| device | size | precision | ms / image | MP/s | peak memory (GB) | tiled |")
-    print("|---|---|---|---|---|---|---|")
+    print("| device | backend | size | precision | ms / image | MP/s | peak memory (GB) | tiled |")
+    print("|---|---|---|---|---|---|---|---|")
     for precision in precisions:
         for size in args.sizes:
             if gpu:
@@ -127,7 +275,7 @@ def main() -> None:
                     print(f"| CPU | {size} | {precision} | failed: {out.stderr.strip().splitlines()[-1]} |||")
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {r['device']} | {r['size']} | {r['precision']} | {r['ms']:.0f} | {r['mp_s']:.2f} | "
+            print(f"| {r['device']} | {r['backend']} | {r['size']} | {r['precision']} | {r['ms']:.0f} | {r['mp_s']:.2f} | "
                   f"{r['peak_gb']:.2f} | {'yes' if r['tiled'] else 'no'} |", flush=True)
 
 

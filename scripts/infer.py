@@ -22,6 +22,7 @@ def run(cfg: DictConfig) -> int:
         tile_margin=cfg.tile_margin, strength=cfg.strength, preserve_color=cfg.preserve_color,
         channels_last=cfg.channels_last, compile=cfg.compile,
         guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps,
+        backend=cfg.get("backend", "auto"), cache_dir=cfg.get("cache_dir"), tile_cache_mb=cfg.get("tile_cache_mb"),
     )
     sources = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]
     if sources == [None]:  # nothing given: show what the tool does on a built-in sample

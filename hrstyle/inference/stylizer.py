@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -11,12 +12,13 @@ from PIL import Image
 
 from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import load_generator
+from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint
 from hrstyle.inference.color import apply_strength, preserve_color
 from hrstyle.inference.photoreal import guided_filter
 from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("auto", "onnx", "eager")
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -42,8 +44,8 @@ class Stylizer:
         tile_size: images with more than tile_size² pixels are processed in tiles of
             this side (memory stays bounded, the result is the same); 0 disables tiling;
             None: 2048 on CPU, 4096 on GPU. Untiled fp32 needs about 1.6 GB per megapixel;
-            tiled, memory is that of one tile plus the image (1024: 3.7 GB peak for 24 MP) but the
-            exact statistics cost several forward passes.
+            tiled, memory is that of one tile plus the image (onnx, 768: 2.8 GiB peak for 24 MP);
+            the exact statistics cost 1.5-5 forward passes on the onnx backend, ~7 eager.
         tile_margin: context pixels around each tile (>= the 13 px receptive field).
         strength: 1 = full style, 0 = the original photo.
         preserve_color: keep the photo's colours, take only the stylized luminance.
@@ -55,6 +57,16 @@ class Stylizer:
         channels_last: NHWC memory layout; None: on GPU only (on this CPU it was slower).
         compile: ``torch.compile`` the generator (slow first call, faster after); tiled
             images run eagerly (their statistics passes hook into the norm layers).
+        backend: "auto" (default): on the CPU in fp32 without ``compile``, "onnx"; otherwise
+            "eager". "onnx": the generator exported once to ONNX (dynamic height and width,
+            cached on disk per checkpoint, see ``ort_backend``) and run by ONNX Runtime, tiled
+            images included (``ort_tiling``): several times faster than eager on the CPU, equal
+            to it within 1e-4 (tested within 1e-3). "eager": PyTorch (any device and precision, ``compile``). When "auto" cannot
+            use ONNX Runtime (not installed, export failed) it warns in one line and runs eager.
+        cache_dir: where exported graphs are kept (None: ``$HRSTYLE_CACHE_DIR``, else
+            ``~/.cache/hrstyle``).
+        tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: 25% of the
+            available memory, at most 1 GiB); 0 recomputes instead (slower, least memory).
 
     ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
     PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
@@ -73,6 +85,9 @@ class Stylizer:
         compile: bool = False,
         guided_radius: int | None = None,
         guided_eps: float = 1e-3,
+        backend: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        tile_cache_mb: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -80,6 +95,8 @@ class Stylizer:
             raise UserError(f"strength must be in [0, 1], got {strength}")
         if tile_margin < RECEPTIVE_RADIUS + 4:
             raise UserError(f"tile_margin must be at least {RECEPTIVE_RADIUS + 4} (the receptive field), got {tile_margin}")
+        if backend not in BACKENDS:
+            raise UserError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if (guided_radius is not None and guided_radius < 0) or guided_eps <= 0:
             raise UserError(f"guided_radius must be >= 0 and guided_eps > 0, got {guided_radius} and {guided_eps}")
         self.device = pick_device(device)
@@ -107,6 +124,35 @@ class Stylizer:
             self._net = torch.compile(self.model, dynamic=True)
         self.tile_size, self.tile_margin = tile_size, tile_margin
         self.strength, self.preserve_color = strength, preserve_color
+        self.tile_cache_bytes = None if tile_cache_mb is None else int(tile_cache_mb) << 20
+        self._ort = self._onnx_backend(backend, checkpoint, compile, cache_dir)
+        #: The backend in use: "onnx" or "eager".
+        self.backend = "eager" if self._ort is None else "onnx"
+
+    def _onnx_backend(self, backend: str, checkpoint: str | os.PathLike, compile: bool,
+                      cache_dir: str | os.PathLike | None):
+        """The ONNX Runtime generator, or None for eager PyTorch."""
+        if backend == "eager":
+            return None
+        reasons = [why for why, bad in (
+            (f"device {self.device}", self.device.type != "cpu"),
+            (f"precision {next(k for k, v in PRECISIONS.items() if v == self.dtype)}", self.dtype != torch.float32),
+            ("compile=true", compile),
+        ) if bad]
+        if reasons:
+            if backend == "onnx":
+                raise UserError(f"backend=onnx runs fp32 on the CPU without compile; not with {', '.join(reasons)}")
+            return None
+        from hrstyle.inference.ort_backend import BackendUnavailable, load_ort_generator
+
+        try:
+            return load_ort_generator(resolve_checkpoint(checkpoint), self.model, cache_dir,
+                                      log=lambda msg: print(msg, file=sys.stderr))
+        except BackendUnavailable as exc:
+            if backend == "onnx":
+                raise UserError(f"backend=onnx is not available: {exc}") from exc
+            print(f"warning: fast ONNX Runtime backend unavailable ({exc}); running eager PyTorch", file=sys.stderr)
+            return None
 
     @property
     def style_name(self) -> str:
@@ -136,7 +182,13 @@ class Stylizer:
             raise UserError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
         images = images.float()
         h, w = images.shape[-2:]
-        if self.needs_tiling(h, w):
+        if self._ort is not None:
+            if self.needs_tiling(h, w):
+                out = torch.cat([self._ort.tiled(img[None], self.tile_size, self.tile_margin, self.tile_cache_bytes)
+                                 for img in images])
+            else:
+                out = self._ort(images)
+        elif self.needs_tiling(h, w):
             outs = [
                 stylize_tiled(self.model, img[None].cpu(), lambda t: self._forward(t, eager=True), self.tile_size,
                               self.tile_margin, self.device)
