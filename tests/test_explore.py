@@ -38,22 +38,7 @@ from hrstyle.explore import (
 from hrstyle.explore.figures import wrap_text
 from hrstyle.losses import ContentStyleLoss, VGGFeatures, layer_names
 from hrstyle.optimization import optimize_image
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny images: one thread is as fast, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def image(seed: int, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    h, w = size
-    ramp = torch.linspace(0, 1, w).expand(3, h, w)
-    return (0.6 * ramp + 0.4 * torch.rand(3, h, w, generator=gen)).unsqueeze(0)
+from test_optimize import image, one_thread  # noqa: F401 - the same tiny test images; one thread (autouse)
 
 
 @pytest.fixture(scope="module")
