@@ -240,10 +240,10 @@ def test_config_defaults_and_the_loss_group():
     assert (cfg.steps, cfg.deep_steps, cfg.deep_from, cfg.content_noise, cfg.style_noise) == (80, 40, "conv4_1", 0.2, 1)
     assert list(cfg.content_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
     script = load_script()
-    assert script.configured_style_layers(cfg.loss) == {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4,
-                                                        "conv4_1": 0.8, "conv5_1": 1.6}
-    cfg = compose_explore(["loss.style_layers=[relu1_1,relu2_1]", "loss.style_layer_weights=null"])
-    assert script.configured_style_layers(cfg.loss) == {"relu1_1": 1.0, "relu2_1": 1.0}
+    assert script.configured_style_layers(cfg.loss) == {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4,
+                                                        "relu4_1": 0.8, "relu5_1": 1.6}
+    cfg = compose_explore(["loss.style_layers=[conv1_1,conv2_1]", "loss.style_layer_weights=null"])
+    assert script.configured_style_layers(cfg.loss) == {"conv1_1": 1.0, "conv2_1": 1.0}
 
 
 def test_script_errors_are_one_line(tmp_path):

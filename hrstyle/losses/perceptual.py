@@ -14,6 +14,9 @@ from hrstyle.losses.vgg import VGGFeatures
 
 #: The paper's style layers and per-layer weights.
 PAPER_STYLE_LAYERS = {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}
+#: The default: the paper's weights on the layers after the ReLU (Gatys et al.'s, and the evaluation's).
+#: Measured better on unseen photos (README "Styles that work on any photo", recipe E).
+DEFAULT_STYLE_LAYERS = {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4, "relu4_1": 0.8, "relu5_1": 1.6}
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -41,8 +44,9 @@ class ContentStyleLoss(nn.Module):
         arch, weights: the frozen loss network (see ``VGGFeatures``).
         content_layer: layer whose activations the output must keep (paper: conv4_2).
         style_layers: layers of the Gram-matrix style loss, a list (weights from
-            ``style_layer_weights``) or a ``{layer: weight}`` mapping. Default: the paper's
-            conv1_1…conv5_1 with 0.1/0.2/0.4/0.8/1.6.
+            ``style_layer_weights``) or a ``{layer: weight}`` mapping. Default
+            (``DEFAULT_STYLE_LAYERS``): relu1_1…relu5_1 with the paper's 0.1/0.2/0.4/0.8/1.6
+            (the paper's own conv1_1…conv5_1: ``PAPER_STYLE_LAYERS``).
         style_layer_weights: one weight per entry of a ``style_layers`` list (None: all 1).
             Two lists rather than a mapping because a command-line override replaces a
             list but merges into a mapping.
@@ -149,7 +153,7 @@ def _layer_weights(
     layers: Sequence[str] | Mapping[str, float] | None, weights: Sequence[float] | None
 ) -> dict[str, float]:
     if layers is None:
-        layers = PAPER_STYLE_LAYERS
+        layers = DEFAULT_STYLE_LAYERS
     if isinstance(layers, Mapping):
         if weights is not None:
             raise UserError("give style layer weights either in the style_layers mapping or as a list, not both")
