@@ -280,9 +280,9 @@ def test_script_run_in_process(tmp_path):
     assert Image.open(written["style_reconstructions"]).width == 3 * 32 + 4 * 6
     assert Image.open(written["feature_maps"]).width == 4 * 32 + 5 * 6
     table = (out / "layers.txt").read_text(encoding="utf-8").splitlines()
-    assert "uses conv3_1 for content and conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 for style" in table[0]
+    assert "uses conv3_1 for content and relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 for style" in table[0]
     assert table[1].split()[:3] == ["layer", "index", "output"] and len(table) == 3 + 31
-    assert [line.split()[0] for line in table[3:] if line.rstrip().endswith(("content", "×0.4"))] == ["conv3_1"]
+    assert [line.split()[0] for line in table[3:] if line.rstrip().endswith(("content", "×0.4"))] == ["conv3_1", "relu3_1"]
     assert not (out / "tensorboard").exists()
 
 
