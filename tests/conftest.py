@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +55,17 @@ def photo_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def style_path(tmp_path: Path) -> Path:
     return random_photo(tmp_path / "style.png", (64, 64), seed=9)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (its ``run(cfg)`` is tested in process)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose_config(name: str, overrides: list[str]):
+    """The script config ``configs/<name>.yaml`` composed with command-line style overrides."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(name, overrides=overrides)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image, ImageFont
 from torch import nn
 from torchvision import models
 
-from conftest import ROOT, random_photo
+from conftest import ROOT, compose_config, load_script, random_photo
 from hrstyle.errors import UserError
 from hrstyle.explore import (
     FeatureMatchLoss,
@@ -221,16 +219,8 @@ def test_labelled_grid_layout(network):
 
 # --- the script ------------------------------------------------------------------------------
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("explore_script", ROOT / "scripts" / "explore.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def compose_explore(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("explore", overrides=overrides)
+    return compose_config("explore", overrides)
 
 
 def test_config_defaults_and_the_loss_group():
@@ -239,7 +229,7 @@ def test_config_defaults_and_the_loss_group():
     assert cfg.tensorboard is False and cfg.palette is False and cfg.output is None
     assert (cfg.steps, cfg.deep_steps, cfg.deep_from, cfg.content_noise, cfg.style_noise) == (80, 40, "conv4_1", 0.2, 1)
     assert list(cfg.content_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
-    script = load_script()
+    script = load_script("explore")
     assert script.configured_style_layers(cfg.loss) == {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4,
                                                         "relu4_1": 0.8, "relu5_1": 1.6}
     cfg = compose_explore(["loss.style_layers=[conv1_1,conv2_1]", "loss.style_layer_weights=null"])
@@ -247,7 +237,7 @@ def test_config_defaults_and_the_loss_group():
 
 
 def test_script_errors_are_one_line(tmp_path):
-    script = load_script()
+    script = load_script("explore")
     photo = random_photo(tmp_path / "p.png", (40, 32))
     random_photo(tmp_path / "small.png", (40, 32))
     base = ["loss=vgg16", "loss.weights=random", "size=32"]
@@ -264,7 +254,7 @@ def test_script_errors_are_one_line(tmp_path):
 
 
 def test_script_run_in_process(tmp_path):
-    script = load_script()
+    script = load_script("explore")
     photo = random_photo(tmp_path / "p.png", (32, 40))
     out = tmp_path / "figs"
     written = script.run(compose_explore([

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import OFFLINE_VGG16, ROOT, SHARED_CONTENT, SHARED_STYLES, needs_shared, random_photo
+from conftest import OFFLINE_VGG16, ROOT, SHARED_CONTENT, SHARED_STYLES, compose_config, load_script, needs_shared, random_photo
 from hrstyle.data.images import load_image
 from hrstyle.errors import UserError
 from hrstyle.losses import ContentStyleLoss
@@ -124,29 +122,21 @@ def test_real_offline_vgg16_lbfgs(tmp_path):
 
 # --- scripts/optimize.py -------------------------------------------------------------------
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("optimize_script", ROOT / "scripts" / "optimize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def compose_optimize(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("optimize", overrides=overrides)
+    return compose_config("optimize", overrides)
 
 
 def test_config_composes_with_the_training_loss_group():
     cfg = compose_optimize(["loss=vgg16", "loss.weights=random", "content=c.png", "style_image=s.png"])
     assert cfg.loss._target_ == "hrstyle.losses.ContentStyleLoss" and cfg.loss.arch == "vgg16"
     assert (cfg.size, cfg.style_size, cfg.steps, cfg.method, cfg.init, cfg.lr) == (512, 512, 300, "lbfgs", "content", None)
-    script = load_script()
+    script = load_script("optimize")
     assert script.style_alias(["style=a.jpg", "style_size=64", "content=style=x.jpg"]) == [
         "style_image=a.jpg", "style_size=64", "content=style=x.jpg"]
 
 
 def test_script_run_errors(tmp_path):
-    script = load_script()
+    script = load_script("optimize")
     photo = random_photo(tmp_path / "c.png")
     with pytest.raises(UserError, match="give both images"):
         script.run(compose_optimize([f"content={photo}"]))
