@@ -66,7 +66,7 @@ class Stylizer:
         cache_dir: where exported graphs are kept (None: ``$HRSTYLE_CACHE_DIR``, else
             ``~/.cache/hrstyle``).
         tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: 25% of the
-            available memory, at most 1 GiB); 0 recomputes instead (slower, least memory).
+            available memory); 0 recomputes instead (slower, least memory).
 
     ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
     PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
