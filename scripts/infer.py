@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> int:
         cfg.checkpoint, device=cfg.device, precision=cfg.precision, tile_size=cfg.tile_size,
         tile_margin=cfg.tile_margin, strength=cfg.strength, preserve_color=cfg.preserve_color,
         channels_last=cfg.channels_last, compile=cfg.compile,
-        guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps,
+        guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps, color_match=cfg.get("color_match"),
         backend=cfg.get("backend", "auto"), cache_dir=cfg.get("cache_dir"), tile_cache_mb=cfg.get("tile_cache_mb"),
     )
     sources = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]

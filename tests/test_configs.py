@@ -75,9 +75,11 @@ def test_default_recipe_and_the_papers():
         painterly = compose_train([f"style={painting}", "experiment=cpu_quick"])
         assert painterly.model.output == "image" and painterly.optimizer.lr == 5e-3
         assert painterly.loss.photoreal_weight == 0 and painterly.style.guided_radius == 0
+        assert painterly.style.color_match == 0
         assert list(painterly.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
     assert compose_train(["style=starry"]).loss.style_weight == 3
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 8
+    assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 0.5
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     # The paper's layer weights on the post-ReLU layers (recipe E of the README's ablation).

@@ -118,3 +118,23 @@ def test_unreadable_training_image_is_skipped(photo_dir):
     with pytest.warns(UserWarning, match="skipping unreadable"):
         batches = list(dm.train_dataloader())
     assert sum(b.shape[0] for b in batches) == 6
+
+
+def test_colour_jitter_recolours_crops_reproducibly_and_leaves_validation_alone(photo_dir):
+    plain = ContentDataModule(str(photo_dir), image_size=32, val_count=2, val_size=24, num_workers=0)
+    jittered = ContentDataModule(str(photo_dir), image_size=32, val_count=2, val_size=24, num_workers=0,
+                                 color_jitter=0.5)
+    plain.setup("fit"), jittered.setup("fit")
+    a = torch.stack([plain.train_set[d] for d in range(8)])
+    b = torch.stack([jittered.train_set[d] for d in range(8)])
+    assert torch.equal(b, torch.stack([jittered.train_set[d] for d in range(8)]))  # a pure function of the draw
+    # same photo, crop and flip; only the colours differ, by a bounded factor
+    assert not torch.equal(a, b)
+    assert (a.mean((1, 2, 3)) - b.mean((1, 2, 3))).abs().max() > 0.01
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.7
+    assert torch.equal(plain.val_set[0], jittered.val_set[0])
+
+
+def test_negative_colour_jitter_is_a_clear_error(photo_dir):
+    with pytest.raises(UserError, match="color_jitter"):
+        ContentDataModule(str(photo_dir), color_jitter=-0.1)

@@ -129,6 +129,25 @@ def test_differing_overrides() -> None:
                                                                              {"a.w": "3", "b.w": "4"}]
 
 
+def test_color_suffix_matches_the_pair_style_colours(tmp_path: Path) -> None:
+    from hrstyle.inference.color import color_statistics
+
+    cfg = config(tmp_path)
+    (plain,), (matched,), (both,) = (build_methods([m], cfg, torch.device("cpu"))
+                                     for m in ("identity", "identity+color", "identity+guided+color"))
+    assert matched.name == "identity+color" and both.name == "identity+guided+color"
+    torch.manual_seed(0)
+    photo, style = torch.rand(1, 3, 24, 30) * 0.5 + 0.25, torch.rand(1, 3, 16, 16) * 0.3
+    assert torch.equal(plain.fn(photo, style), photo)
+    # default strength 0.5 (as inference's default for photo styles): halfway to the style's mean colour
+    halfway = (color_statistics(photo)[0] + color_statistics(style)[0]) / 2
+    assert torch.allclose(color_statistics(matched.fn(photo, style))[0], halfway, atol=1e-3)
+    (full,) = build_methods(["identity+color"], config(tmp_path, "color.strength=1"), torch.device("cpu"))
+    assert torch.allclose(color_statistics(full.fn(photo, style))[0], color_statistics(style)[0], atol=1e-3)
+    with pytest.raises(UserError, match="color.strength"):
+        build_methods(["identity+color"], config(tmp_path, "color.strength=2"), torch.device("cpu"))
+
+
 def test_unknown_method_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown method 'bogus'.*identity, gatys, paper"):
         build_methods(["identity", "bogus"], config(tmp_path), torch.device("cpu"))

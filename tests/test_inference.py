@@ -228,6 +228,56 @@ def test_guided_filter_control_follows_the_checkpoint_unless_set(checkpoint, tmp
         Stylizer(checkpoint, device="cpu", guided_radius=-1)
 
 
+def test_match_color_moves_the_colour_distribution_and_nothing_else():
+    from hrstyle.evaluation.metrics import edge_ssim
+    from hrstyle.inference.color import color_statistics, match_color
+
+    torch.manual_seed(0)
+    photo = torch.rand(1, 3, 48, 64) * 0.4 + 0.3  # a mid-tone photo: the mapped colours stay in [0, 1]
+    style = torch.stack([torch.rand(32, 32) * 0.2 + 0.1, torch.rand(32, 32) * 0.1 + 0.2,
+                         torch.rand(32, 32) * 0.3 + 0.5])[None]  # a dark blue palette
+    target = color_statistics(style)
+    out = match_color(photo, target)
+    mean, cov = color_statistics(out)
+    assert torch.allclose(mean, target[0], atol=1e-4) and torch.allclose(cov, target[1], atol=1e-4)
+    assert edge_ssim(out, photo).item() > 0.6  # one global affine colour map: the edges stay where they were
+    assert torch.equal(match_color(photo, target, strength=0.0), photo)
+    half = color_statistics(match_color(photo, target, strength=0.5))[0]
+    assert torch.allclose(half, (color_statistics(photo)[0] + target[0]) / 2, atol=1e-4)
+    # chunked statistics (huge images) equal the direct ones
+    pixels = photo.reshape(3, -1).double()
+    assert torch.allclose(color_statistics(photo)[1], torch.cov(pixels), atol=1e-10)
+    with pytest.raises(ValueError, match="strength"):
+        match_color(photo, target, strength=1.5)
+
+
+def test_color_match_follows_the_checkpoint_and_needs_the_style_statistics(checkpoint, tmp_path):
+    from hrstyle.inference import load_generator
+    from hrstyle.inference.color import color_statistics
+
+    model, meta = load_generator(checkpoint)
+    style = torch.rand(1, 3, 20, 20) * 0.3
+    stats = color_statistics(style)
+    photo_style = save_generator(tmp_path / "photo_style.pt", model, {
+        **meta, "color_match": 1.0, "style_color": {"mean": stats[0].tolist(), "cov": stats[1].tolist()}})
+    x = torch.rand(1, 3, 40, 52)
+    matched = Stylizer(photo_style, device="cpu", tile_size=0)
+    assert matched.color_match == 1.0
+    assert torch.allclose(color_statistics(matched(x))[0], stats[0], atol=2e-3)
+    assert Stylizer(photo_style, device="cpu", tile_size=0, color_match=0).style_color is None
+    assert Stylizer(checkpoint, device="cpu", tile_size=0).color_match == 0  # no recommendation: off
+    # An old checkpoint whose style image is gone cannot be matched: a clear error, not a silent no-op.
+    orphan = save_generator(tmp_path / "orphan.pt", model, {**meta, "style_image": str(tmp_path / "gone.jpg")})
+    with pytest.raises(UserError, match="color_match=0"):
+        Stylizer(orphan, device="cpu", color_match=1.0)
+    # ... and one whose style image still exists takes the statistics from it.
+    Image.fromarray((np.asarray(style[0].permute(1, 2, 0)) * 255).astype(np.uint8)).save(tmp_path / "style.png")
+    legacy = save_generator(tmp_path / "legacy.pt", model, {**meta, "style_image": str(tmp_path / "style.png")})
+    assert torch.allclose(Stylizer(legacy, device="cpu", color_match=1.0).style_color[0], stats[0], atol=3e-3)
+    with pytest.raises(UserError, match="color_match"):
+        Stylizer(checkpoint, device="cpu", color_match=2.0)
+
+
 def test_inference_does_not_import_the_training_stack():
     """Start-up time: stylizing needs neither Lightning, torchvision, the loss network nor the
     training code (importing Lightning alone took ~2 s)."""

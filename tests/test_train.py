@@ -42,6 +42,11 @@ def test_training_writes_checkpoint_and_tensorboard(trained):
     # Everything inference needs, nothing of the loss network.
     model_cfg = {k: v for k, v in cfg.model.items() if k != "_target_"}
     assert ckpt["hrstyle"]["generator_config"] == model_cfg
+    # The inference controls this style recommends, and the style's colour statistics they need.
+    assert ckpt["hrstyle"]["guided_radius"] == cfg.style.guided_radius
+    assert ckpt["hrstyle"]["color_match"] == cfg.style.color_match
+    stats = ckpt["hrstyle"]["style_color"]
+    assert len(stats["mean"]) == 3 and all(0 <= m <= 1 for m in stats["mean"]) and len(stats["cov"]) == 3
     assert all(k.startswith("generator.") for k in ckpt["state_dict"])
     events = EventAccumulator(result["log_dir"], size_guidance={"images": 0, "scalars": 0})
     events.Reload()

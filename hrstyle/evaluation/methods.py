@@ -12,7 +12,10 @@ A method string is one of:
   the overrides that differ between the runs;
 * any of these with ``+guided`` appended (``checkpoints/starry.pt+guided``): the same method
   followed by the photorealism control, the guided filter of ``hrstyle.inference.photoreal``
-  with the photo as guide (``guided.radius``, ``guided.eps`` from the config).
+  with the photo as guide (``guided.radius``, ``guided.eps`` from the config);
+* any of these with ``+color`` appended (``<run>+guided+color``): the same method followed by
+  the match to the style's colour statistics (``hrstyle.inference.color.match_color``, strength
+  ``color.strength`` from the config), taken from the style image of the pair.
 
 Every method is a ``Method`` whose ``fn(content, style)`` maps (1, 3, H, W) tensors in [0, 1]
 to a (1, 3, H, W) float32 CPU tensor in [0, 1]. ``gatys`` and ``paper`` share one
@@ -36,6 +39,7 @@ from hrstyle.inference.checkpoint import PROJECT_ROOT
 
 BUILTIN = ("identity", "gatys", "paper")
 GUIDED_SUFFIX = "+guided"
+COLOR_SUFFIX = "+color"
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
 METHOD_KINDS = (
     "identity, gatys, paper, a checkpoint file (.pt/.ckpt), a training run folder "
@@ -231,10 +235,15 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
     progress = bool(_cfg_get(cfg, "progress", True))
     methods: list[Method] = []
     guided_opts = _to_dict(_cfg_get(cfg, "guided")) if _cfg_get(cfg, "guided") is not None else {}
+    color_opts = _to_dict(_cfg_get(cfg, "color")) if _cfg_get(cfg, "color") is not None else {}
     for spec in specs:
         if spec.endswith(GUIDED_SUFFIX):
             base = build_methods([spec[: -len(GUIDED_SUFFIX)]], cfg, device)
             methods.extend(_with_guided_filter(m, guided_opts) for m in base)
+            continue
+        if spec.endswith(COLOR_SUFFIX):
+            base = build_methods([spec[: -len(COLOR_SUFFIX)]], cfg, device)
+            methods.extend(_with_color_match(m, color_opts) for m in base)
             continue
         path = Path(spec).expanduser()
         if spec == "identity":
@@ -265,6 +274,22 @@ def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
 
     method.fn, method.name = fn, f"{method.name}{GUIDED_SUFFIX}"
     method.source = f"{method.source}{GUIDED_SUFFIX}"
+    return method
+
+
+def _with_color_match(method: Method, opts: dict[str, Any]) -> Method:
+    from hrstyle.inference.color import color_statistics, match_color
+
+    strength = float(opts.get("strength", 1.0))
+    if not 0.0 <= strength <= 1.0:
+        raise UserError(f"color.strength must be in [0, 1], got {strength}")
+    inner = method.fn
+
+    def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return match_color(inner(content, style), color_statistics(style.float().cpu()), strength)
+
+    method.fn, method.name = fn, f"{method.name}{COLOR_SUFFIX}"
+    method.source = f"{method.source}{COLOR_SUFFIX}"
     return method
 
 

@@ -16,6 +16,9 @@ from hrstyle.errors import UserError
 #: not in the training module, so that inference never imports Lightning.
 CHECKPOINT_KEY = "hrstyle"
 
+#: Long side at which a style image's colour statistics are taken (training's default style size).
+STYLE_COLOR_SIZE = 512
+
 #: The repository root (checkpoints/ lives there in a source checkout / editable install).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +63,27 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
         ) from exc
     meta["global_step"] = ckpt.get("global_step")
     return model.eval(), meta
+
+
+def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The style image's colour statistics (mean (3,), cov (3, 3), float64) for ``color_match``.
+
+    Stored in checkpoints as ``style_color``; for checkpoints written before that, taken from
+    their style image when the file still exists. Raises ``UserError`` otherwise.
+    """
+    stats = meta.get("style_color")
+    if stats:
+        return (torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(stats["cov"], dtype=torch.float64))
+    image = meta.get("style_image")
+    if image and Path(image).expanduser().is_file():
+        from hrstyle.data.images import load_image
+        from hrstyle.inference.color import color_statistics
+
+        return color_statistics(load_image(Path(image).expanduser(), max_size=STYLE_COLOR_SIZE))
+    raise UserError(
+        f"{checkpoint or 'this checkpoint'} stores no colour statistics of its style and its style image "
+        f"({image}) is not here: use color_match=0, or retrain it with this version"
+    )
 
 
 def save_generator(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:

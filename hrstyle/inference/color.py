@@ -1,4 +1,9 @@
-"""Cheap post-controls: style strength and colour preservation (both per pixel)."""
+"""Cheap post-controls: style strength, colour preservation and the style's colour statistics.
+
+Strength and colour preservation act per pixel; ``match_color`` is one global affine colour map
+(Pitié & Kokaram's linear Monge–Kantorovich transfer), so it keeps every edge and texture of what it
+is given and only moves its colour distribution (mean and covariance) onto the style's.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +47,71 @@ def apply_strength(stylized: torch.Tensor, original: torch.Tensor, strength: flo
     if strength == 0.0:
         return original.clone()
     return stylized.sub_(original).mul_(strength).add_(original)  # in place: no extra full-size copy
+
+
+#: Pixels per chunk when accumulating colour statistics (bounded float64 memory on huge images).
+_STATS_CHUNK = 1 << 20
+
+
+def color_statistics(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (3,) and covariance (3, 3) of the RGB values of a (3, H, W) or (1, 3, H, W) image.
+
+    Float64 on the CPU, accumulated in chunks of pixels (no full-size float64 copy).
+    """
+    pixels = image.reshape(3, -1)
+    n = pixels.shape[1]
+    if n < 2:
+        raise ValueError("colour statistics need at least 2 pixels")
+    total = torch.zeros(3, dtype=torch.float64)
+    outer = torch.zeros(3, 3, dtype=torch.float64)
+    shift = pixels[:, :1].detach().to("cpu", torch.float64)  # shifted sums: no cancellation
+    for start in range(0, n, _STATS_CHUNK):
+        chunk = pixels[:, start:start + _STATS_CHUNK].detach().to("cpu", torch.float64) - shift
+        total += chunk.sum(1)
+        outer += chunk @ chunk.T
+    mean = total / n
+    cov = (outer - n * torch.outer(mean, mean)) / (n - 1)
+    return mean + shift[:, 0], cov
+
+
+def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+                       strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine map ``x -> A x + b`` taking colour statistics ``source`` to ``target``.
+
+    Both are ``(mean (3,), cov (3, 3))``. ``A`` is the linear Monge–Kantorovich solution
+    ``S^-1/2 (S^1/2 T S^1/2)^1/2 S^-1/2`` (the least colour displacement that gives the target
+    covariance); ``strength`` in [0, 1] blends it with the identity (0 = no change).
+    Returns float64 ``(A (3, 3), b (3,))``.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"colour-match strength must be in [0, 1], got {strength}")
+    (mu_s, cov_s), (mu_t, cov_t) = source, target
+    eye = torch.eye(3, dtype=torch.float64)
+    # A small ridge: a flat or grey image has a singular covariance (no direction to stretch).
+    cov_s, cov_t = cov_s.double() + 1e-5 * eye, cov_t.double() + 1e-5 * eye
+    root = _sqrtm(cov_s)
+    inv_root = torch.linalg.inv(root)
+    a = inv_root @ _sqrtm(root @ cov_t @ root) @ inv_root
+    a = strength * a + (1.0 - strength) * eye
+    b = (mu_s.double() + strength * (mu_t.double() - mu_s.double())) - a @ mu_s.double()
+    return a, b
+
+
+def match_color(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0,
+                source: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Give ``image`` the colour statistics ``target`` = (mean (3,), cov (3, 3)) of a style.
+
+    ``image`` is (…, 3, H, W) RGB in [0, 1] (one image: its statistics are taken over all of it,
+    or given as ``source``); returns a new tensor of the same shape and dtype, clamped to [0, 1].
+    """
+    if source is None:
+        source = color_statistics(image)
+    a, b = color_transfer_map(source, target, strength)
+    a, b = a.to(image.device, image.dtype), b.to(image.device, image.dtype)
+    out = torch.einsum("ij,...jhw->...ihw", a, image).add_(b[:, None, None])
+    return out.clamp_(0, 1)

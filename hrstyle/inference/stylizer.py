@@ -12,8 +12,8 @@ from PIL import Image
 
 from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint
-from hrstyle.inference.color import apply_strength, preserve_color
+from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
+from hrstyle.inference.color import apply_strength, match_color, preserve_color
 from hrstyle.inference.photoreal import guided_filter
 from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
@@ -54,6 +54,14 @@ class Stylizer:
             the photo, which removes ripples and streaks and restores the photo's edges.
             0 leaves the network's output as it is; None (default) takes the radius the
             checkpoint recommends (its style's ``guided_radius``; 0 when it has none).
+        color_match: move the output's colour distribution (mean and covariance) onto the style
+            image's by one global affine colour map (``color.match_color``), applied after the
+            guided filter: 1 = the style's palette, 0 = the network's own colours. It keeps every
+            edge (a global map) and fixes what a style network trained on few photos misses on
+            unusual ones (a photo far more saturated or darker than any it was trained on).
+            None (default): the checkpoint's recommendation (its style's ``color_match``; 0 when
+            it has none). Needs the style's colour statistics, stored in checkpoints since this
+            option exists (older ones: taken from their style image when that file exists).
         channels_last: NHWC memory layout; None: on GPU only (on this CPU it was slower).
         compile: ``torch.compile`` the generator (slow first call, faster after); tiled
             images run eagerly (their statistics passes hook into the norm layers).
@@ -88,6 +96,7 @@ class Stylizer:
         backend: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         tile_cache_mb: int | None = None,
+        color_match: float | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -99,6 +108,8 @@ class Stylizer:
             raise UserError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if (guided_radius is not None and guided_radius < 0) or guided_eps <= 0:
             raise UserError(f"guided_radius must be >= 0 and guided_eps > 0, got {guided_radius} and {guided_eps}")
+        if color_match is not None and not 0.0 <= color_match <= 1.0:
+            raise UserError(f"color_match must be in [0, 1], got {color_match}")
         self.device = pick_device(device)
         if tile_size is None:
             tile_size = 4096 if self.device.type == "cuda" else 2048
@@ -112,6 +123,10 @@ class Stylizer:
         if guided_radius is None:
             guided_radius = int(self.meta.get("guided_radius") or 0)
         self.guided_radius, self.guided_eps = int(guided_radius), float(guided_eps)
+        if color_match is None:
+            color_match = float(self.meta.get("color_match") or 0.0)
+        self.color_match = float(color_match)
+        self.style_color = style_color_statistics(self.meta, checkpoint) if self.color_match else None
         self.model.to(self.device)
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -200,11 +215,14 @@ class Stylizer:
         return self.postprocess(out, images.cpu())
 
     def postprocess(self, stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """Apply the guided filter, colour preservation and strength. Works in place on
+        """Apply the guided filter, the style's colour statistics, colour preservation and strength. Works in place on
         ``stylized`` (a fresh output) where it can: a 24 MP image is 288 MB per float copy."""
         out = stylized.clamp_(0, 1)
         if self.guided_radius:
             out = guided_filter(out, original, self.guided_radius, self.guided_eps)
+        if self.style_color is not None:
+            for i in range(out.shape[0]):  # each image from its own statistics; `out` is a fresh tensor
+                out[i] = match_color(out[i], self.style_color, self.color_match)
         if self.preserve_color:
             out = preserve_color(out, original)
         return apply_strength(out, original, self.strength)

@@ -15,6 +15,7 @@ from hrstyle.data.images import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics
 from hrstyle.inference.checkpoint import CHECKPOINT_KEY
+from hrstyle.inference.color import color_statistics
 from hrstyle.losses import ContentStyleLoss
 
 
@@ -39,6 +40,9 @@ class StyleTransferModule(pl.LightningModule):
             loss alone does not.
         guided_radius: the photorealism control this style should get at inference by
             default (``hrstyle.inference.photoreal``; 0 = none), stored in checkpoints.
+        color_match: likewise, the strength of the match to the style's colour statistics at
+            inference (``hrstyle.inference.color.match_color``; 0 = none). The statistics
+            themselves (taken from the style image as loaded here) are stored too.
         max_pixels: a larger style image is refused (see ``hrstyle.data.images.open_rgb``).
     """
 
@@ -54,6 +58,7 @@ class StyleTransferModule(pl.LightningModule):
         preview_every: int = 100,
         val_metrics: bool = True,
         guided_radius: int = 0,
+        color_match: float = 0.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
@@ -62,6 +67,9 @@ class StyleTransferModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.style_name, self.preview_every = style_name, preview_every
         self.guided_radius = int(guided_radius)
+        if not 0.0 <= color_match <= 1.0:
+            raise UserError(f"style.color_match must be in [0, 1], got {color_match}")
+        self.color_match = float(color_match)
         self.style_path = str(style_image)
         if not Path(style_image).expanduser().is_file():
             raise UserError(f"style image not found: {style_image} (set style.image=/path/to/style.jpg)")
@@ -150,10 +158,13 @@ class StyleTransferModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything inference needs: how to rebuild the generator. The loss network's
         # weights are non-persistent buffers, so the state_dict holds only the generator.
+        style_mean, style_cov = color_statistics(self.style)
         checkpoint[CHECKPOINT_KEY] = {
             "generator_class": f"{type(self.generator).__module__}.{type(self.generator).__qualname__}",
             "generator_config": dict(getattr(self.generator, "config", {})),
             "style_name": self.style_name,
             "style_image": self.style_path,
             "guided_radius": self.guided_radius,
+            "color_match": self.color_match,
+            "style_color": {"mean": style_mean.tolist(), "cov": style_cov.tolist()},
         }

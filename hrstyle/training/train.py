@@ -86,6 +86,7 @@ def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule,
         preview_every=cfg.preview_every,
         val_metrics=cfg.get("val_metrics", True),
         guided_radius=cfg.style.get("guided_radius", 0),
+        color_match=cfg.style.get("color_match", 0.0),
         max_pixels=max_pixels,
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
