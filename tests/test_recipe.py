@@ -8,7 +8,7 @@ import torch
 from conftest import OFFLINE_VGG16, SHARED, SHARED_CONTENT, SHARED_STYLES, needs_shared
 from hrstyle.data.images import load_image
 from hrstyle.evaluation import StyleMetrics
-from hrstyle.inference import load_generator
+from hrstyle.inference import Stylizer, load_generator
 from hrstyle.training.train import train
 from test_configs import compose_train
 
@@ -23,7 +23,9 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
     fields, stripes — scores far below the floor: the paper's generator under the old
     recipe scored 0.26 edge-SSIM) and the Gram distance must fall well below the photos'.
     Both on the mean of the three: one photo's Gram distance can rise under any style (a
-    photo already close to the style's statistics), the mean over varied photos does not."""
+    photo already close to the style's statistics), the mean over varied photos does not.
+    Then the same with the checkpoint's inference defaults (guided filter + colour match):
+    more structure, lower Gram distance, a photograph (photorealism residual near 0)."""
     cfg = compose_train([
         "experiment=cpu_quick", "trainer.max_steps=200", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "trainer.val_check_interval=100", "data.num_workers=0",
@@ -33,10 +35,13 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
     result = train(cfg)
     generator, meta = load_generator(result["last_checkpoint"])
     assert meta["generator_config"]["output"] == "residual" and meta["guided_radius"] == 8
+    assert meta["color_match"] == 0.5 and len(meta["style_color"]["mean"]) == 3
+    # What a user gets: the checkpoint's own inference defaults (guided filter, then the colour match).
+    stylizer = Stylizer(result["last_checkpoint"], device="cpu", tile_size=0, cache_dir=tmp_path / "cache")
 
     metrics = StyleMetrics(arch="vgg16", weights=str(OFFLINE_VGG16))
     metrics.set_style(load_image(SHARED_STYLES / "capvst_03.jpeg", 256)[None])
-    edge, gram, gram_photo = [], [], []
+    edge, gram, gram_photo, edge_default, gram_default, real_default = [], [], [], [], [], []
     for name in ("capvst_02.jpg", "fps_in81.png", "fps_in87.png"):  # never trained on
         photo = load_image(SHARED_CONTENT / name, 192)[None]
         with torch.no_grad():
@@ -45,5 +50,13 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
         edge.append(scores["edge_ssim"].item())
         gram.append(scores["gram"].item())
         gram_photo.append(reference["gram"].item())
+        default = metrics(stylizer(photo), photo)
+        edge_default.append(default["edge_ssim"].item())
+        gram_default.append(default["gram"].item())
+        real_default.append(default["photorealism"].item())
     assert sum(edge) / 3 > 0.45, edge
     assert sum(gram) < 0.7 * sum(gram_photo), (gram, gram_photo)
+    # The defaults keep more of the photo and move further towards the style than the network alone.
+    assert sum(edge_default) / 3 > max(0.6, sum(edge) / 3), (edge_default, edge)
+    assert sum(gram_default) < min(0.5 * sum(gram_photo), sum(gram)), (gram_default, gram, gram_photo)
+    assert max(real_default) < 0.05, real_default
