@@ -253,13 +253,14 @@ def test_match_color_moves_the_colour_distribution_and_nothing_else():
 
 def test_color_match_follows_the_checkpoint_and_needs_the_style_statistics(checkpoint, tmp_path):
     from hrstyle.inference import load_generator
+    from hrstyle.inference.checkpoint import style_color_entry
     from hrstyle.inference.color import color_statistics
 
     model, meta = load_generator(checkpoint)
     style = torch.rand(1, 3, 20, 20) * 0.3
     stats = color_statistics(style)
-    photo_style = save_generator(tmp_path / "photo_style.pt", model, {
-        **meta, "color_match": 1.0, "style_color": {"mean": stats[0].tolist(), "cov": stats[1].tolist()}})
+    photo_style = save_generator(tmp_path / "photo_style.pt", model,
+                                 {**meta, "color_match": 1.0, "style_color": style_color_entry(style)})
     x = torch.rand(1, 3, 40, 52)
     matched = Stylizer(photo_style, device="cpu", tile_size=0)
     assert matched.color_match == 1.0

@@ -48,8 +48,9 @@ class RandomCrops(Dataset):
     Photos are visited in a fresh seeded permutation every ``len(sources)`` draws; each
     photo is rescaled so its short side is a random length in [size, max_scale·size]
     (a photo smaller than the crop is upscaled to it), randomly cropped to size×size and
-    randomly flipped, and with ``color_jitter`` > 0 recoloured (:func:`jitter_colour`). Because nothing depends on global random state or on which worker
-    loads it, a run resumed at step k sees exactly the crops of an uninterrupted run.
+    randomly flipped, and with ``color_jitter`` > 0 recoloured (:func:`jitter_colour`).
+    Because nothing depends on global random state or on which worker loads it, a run
+    resumed at step k sees exactly the crops of an uninterrupted run.
     An unreadable photo is skipped with a warning (the next photo of the permutation
     is used). Items are (3, size, size) tensors in [0, 1].
     """
@@ -58,8 +59,6 @@ class RandomCrops(Dataset):
         self, sources: list[ImageSource], size: int, max_scale: float = 2.0, seed: int = 0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS, color_jitter: float = 0.0,
     ) -> None:
-        if color_jitter < 0:
-            raise UserError(f"data.color_jitter must be >= 0 (0 = off), got {color_jitter}")
         self.sources, self.size, self.max_scale, self.seed, self.max_pixels = sources, size, max_scale, seed, max_pixels
         self.color_jitter = color_jitter
         self._bad: set[int] = set()

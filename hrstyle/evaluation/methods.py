@@ -280,7 +280,7 @@ def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
 def _with_color_match(method: Method, opts: dict[str, Any]) -> Method:
     from hrstyle.inference.color import color_statistics, match_color
 
-    strength = float(opts.get("strength", 1.0))
+    strength = float(opts.get("strength", 0.5))
     if not 0.0 <= strength <= 1.0:
         raise UserError(f"color.strength must be in [0, 1], got {strength}")
     inner = method.fn

@@ -65,6 +65,14 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
     return model.eval(), meta
 
 
+def style_color_entry(style: torch.Tensor) -> dict[str, Any]:
+    """The checkpoint entry ``style_color`` for a (1, 3, H, W) style image in [0, 1]."""
+    from hrstyle.inference.color import color_statistics
+
+    mean, cov = color_statistics(style)
+    return {"mean": mean.tolist(), "cov": cov.tolist()}
+
+
 def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike = "") -> tuple[torch.Tensor, torch.Tensor]:
     """The style image's colour statistics (mean (3,), cov (3, 3), float64) for ``color_match``.
 
@@ -77,9 +85,9 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
     image = meta.get("style_image")
     if image and Path(image).expanduser().is_file():
         from hrstyle.data.images import load_image
-        from hrstyle.inference.color import color_statistics
 
-        return color_statistics(load_image(Path(image).expanduser(), max_size=STYLE_COLOR_SIZE))
+        return style_color_statistics({"style_color": style_color_entry(
+            load_image(Path(image).expanduser(), max_size=STYLE_COLOR_SIZE))})
     raise UserError(
         f"{checkpoint or 'this checkpoint'} stores no colour statistics of its style and its style image "
         f"({image}) is not here: use color_match=0, or retrain it with this version"

@@ -102,16 +102,13 @@ def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[
     return a, b
 
 
-def match_color(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0,
-                source: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def match_color(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0) -> torch.Tensor:
     """Give ``image`` the colour statistics ``target`` = (mean (3,), cov (3, 3)) of a style.
 
-    ``image`` is (…, 3, H, W) RGB in [0, 1] (one image: its statistics are taken over all of it,
-    or given as ``source``); returns a new tensor of the same shape and dtype, clamped to [0, 1].
+    ``image`` is one (3, H, W) or (1, 3, H, W) RGB image in [0, 1] (its statistics are taken over
+    all of it); returns a new tensor of the same shape and dtype, clamped to [0, 1].
     """
-    if source is None:
-        source = color_statistics(image)
-    a, b = color_transfer_map(source, target, strength)
+    a, b = color_transfer_map(color_statistics(image), target, strength)
     a, b = a.to(image.device, image.dtype), b.to(image.device, image.dtype)
     out = torch.einsum("ij,...jhw->...ihw", a, image).add_(b[:, None, None])
     return out.clamp_(0, 1)

@@ -18,8 +18,8 @@ instead of the eager model, and each layer is computed about once instead of onc
   stylizing pass starts from the last cut (≈ 1.5× an untiled forward measured, against ≈ 7× eager).
 * **Bounded memory.** Cuts are kept only within ``cache_bytes`` (default: 25% of the memory that is
   available; at 2048² in 1024 px tiles the largest pass needs 2.7 GiB, and a cache of 1 GiB made the
-  tiling cost 7.2× an untiled forward, 2 GiB 3.0×, 3 GiB 2.7×). A tile whose cut does not fit continues from its last stored cut (or the
-  image), recomputing what lies between: on a 24 MP photo with 1024 px tiles, most tiles recompute,
+  tiling cost 7.2× an untiled forward, 2 GiB 3.0×, 3 GiB 2.7×). A tile whose cut does not fit
+  continues from its last stored cut (or the image), recomputing what lies between: on a 24 MP photo with 1024 px tiles, most tiles recompute,
   and the peak stays that of one tile plus the image and the result.
 
 Subgraphs are extracted from the one exported graph by name (no re-export) and their sessions kept

@@ -14,8 +14,7 @@ from torch import nn
 from hrstyle.data.images import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics
-from hrstyle.inference.checkpoint import CHECKPOINT_KEY
-from hrstyle.inference.color import color_statistics
+from hrstyle.inference.checkpoint import CHECKPOINT_KEY, style_color_entry
 from hrstyle.losses import ContentStyleLoss
 
 
@@ -158,7 +157,6 @@ class StyleTransferModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything inference needs: how to rebuild the generator. The loss network's
         # weights are non-persistent buffers, so the state_dict holds only the generator.
-        style_mean, style_cov = color_statistics(self.style)
         checkpoint[CHECKPOINT_KEY] = {
             "generator_class": f"{type(self.generator).__module__}.{type(self.generator).__qualname__}",
             "generator_config": dict(getattr(self.generator, "config", {})),
@@ -166,5 +164,5 @@ class StyleTransferModule(pl.LightningModule):
             "style_image": self.style_path,
             "guided_radius": self.guided_radius,
             "color_match": self.color_match,
-            "style_color": {"mean": style_mean.tolist(), "cov": style_cov.tolist()},
+            "style_color": style_color_entry(self.style),
         }
