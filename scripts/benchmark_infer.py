@@ -29,10 +29,15 @@ import subprocess
 import sys
 import time
 
-import torch
-from torch import nn
+from hrstyle.cli import restart_with_huge_pages
 
-from hrstyle.inference import Stylizer
+if __name__ == "__main__":
+    restart_with_huge_pages()  # first: glibc reads its tunables only when the process starts
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from hrstyle.inference import Stylizer  # noqa: E402
 
 DEFAULT_SIZES = ["512x512", "1024x1024", "2048x2048", "4096x2160"]
 PEER_SIZES = ["512x512", "1024x1024", "2048x2048"]

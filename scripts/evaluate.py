@@ -8,13 +8,18 @@ and the stylized images to output=. See configs/evaluate.yaml and hrstyle/evalua
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from hrstyle.cli import restart_with_huge_pages
 
-from hrstyle.cli import prepare_argv, run_or_exit
-from hrstyle.data.images import find_images
-from hrstyle.errors import UserError
-from hrstyle.evaluation.report import evaluate
+if __name__ == "__main__":
+    restart_with_huge_pages()  # first: glibc reads its tunables only when the process starts
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
+from hrstyle.data.images import find_images  # noqa: E402
+from hrstyle.errors import UserError  # noqa: E402
+from hrstyle.evaluation.report import evaluate  # noqa: E402
 
 
 def images(spec: object) -> list:

@@ -7,13 +7,18 @@ globs. See configs/infer.yaml.
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, ListConfig
+from hrstyle.cli import restart_with_huge_pages
 
-from hrstyle.cli import prepare_argv, run_or_exit
-from hrstyle.data.images import save_image_atomic
-from hrstyle.data.samples import sample_image
-from hrstyle.inference import Stylizer, plan_many, stylize_files
+if __name__ == "__main__":
+    restart_with_huge_pages()  # first: glibc reads its tunables only when the process starts
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, ListConfig  # noqa: E402
+
+from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
+from hrstyle.data.images import save_image_atomic  # noqa: E402
+from hrstyle.data.samples import sample_image  # noqa: E402
+from hrstyle.inference import Stylizer, plan_many, stylize_files  # noqa: E402
 
 
 def run(cfg: DictConfig) -> int:

@@ -167,3 +167,64 @@ def test_warm_start_imports_neither_the_exporter_nor_the_training_stack(setup):
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_sessions_plan_no_memory_pattern():
+    """With dynamic H, W a memory pattern is planned per shape next to the arena: twice the peak."""
+    from hrstyle.inference.ort_backend import session_options
+
+    assert session_options(1, arena=True).enable_mem_pattern is False
+
+
+@pytest.mark.parametrize("environ, libc, thp, restart", [
+    ({}, ("glibc", "2.36"), "always [madvise] never", True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, ("glibc", "2.39"), "always [madvise] never", True),
+    ({}, ("glibc", "2.34"), "always [madvise] never", False),  # no such tunable yet
+    ({}, ("", ""), "always [madvise] never", False),  # musl, or unknown
+    ({}, ("glibc", "2.36"), "[always] madvise never", False),  # huge pages already
+    ({}, ("glibc", "2.36"), "always madvise [never]", False),  # refused by the kernel
+    ({"HRSTYLE_HUGE_PAGES": "0"}, ("glibc", "2.36"), "always [madvise] never", False),  # opted out / restarted
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, ("glibc", "2.36"), "always [madvise] never", False),  # user's
+])
+def test_huge_pages_restart_decision(environ, libc, thp, restart):
+    from hrstyle.cli import huge_pages_restart_env
+
+    env = huge_pages_restart_env(environ, libc, thp)
+    assert (env is not None) == restart
+    if restart:
+        tunables = env["GLIBC_TUNABLES"].split(":")
+        assert "glibc.malloc.hugetlb=1" in tunables
+        assert all(t in tunables for t in environ.get("GLIBC_TUNABLES", "").split(":") if t)  # kept
+        assert env["HRSTYLE_HUGE_PAGES"] == "0"  # the restarted process does not restart again
+
+
+def test_scripts_restart_once_with_huge_pages(tmp_path):
+    """The scripts call ``restart_with_huge_pages`` before anything heavy; the restarted process
+    keeps its arguments and does not restart again."""
+    import os
+    import platform
+
+    from hrstyle.cli import huge_pages_restart_env
+
+    try:
+        thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        thp = ""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys\n"
+        "from hrstyle.cli import restart_with_huge_pages\n"
+        "print('start', flush=True)\n"
+        "restart_with_huge_pages()\n"
+        "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "HRSTYLE_HUGE_PAGES")}
+    out = subprocess.run([sys.executable, str(script), "a b", "x=1"], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    expected = sys.platform.startswith("linux") and huge_pages_restart_env({}, platform.libc_ver(), thp) is not None
+    assert out.count("start") == (2 if expected else 1)
+    assert out[-1] == ("glibc.malloc.hugetlb=1" if expected else "") + " ['a b', 'x=1']"
+    for name in ("infer", "evaluate", "benchmark_infer"):  # before their first heavy import
+        text = (ROOT / "scripts" / f"{name}.py").read_text()
+        assert text.index("restart_with_huge_pages()") < min(text.index(m) for m in ("import torch", "import hydra")
+                                                              if m in text)
