@@ -138,11 +138,16 @@ def huge_pages_restart_env(environ: dict[str, str], libc: tuple[str, str], thp_s
     return {**environ, "GLIBC_TUNABLES": tunables, HUGE_PAGES_ENV: "0"}
 
 
-def restart_with_huge_pages() -> None:
-    """Re-execute this script once with ``huge_pages_restart_env``'s environment (Linux, glibc, THP in
-    ``madvise`` mode); otherwise return. Call it first thing, before the heavy imports.
-    ``HRSTYLE_HUGE_PAGES=0`` turns it off (and marks the restarted process)."""
+def restart_with_huge_pages(script: str) -> None:
+    """Re-execute the interpreter once with ``huge_pages_restart_env``'s environment (Linux, glibc, THP in
+    ``madvise`` mode) when ``script`` (the caller's ``__file__``) is the program the interpreter was started
+    with; otherwise return (e.g. a script run in-process by ``runpy`` or a test runner is left alone).
+    Call it first thing, before the heavy imports. ``HRSTYLE_HUGE_PAGES=0`` turns it off (and marks the
+    restarted process)."""
     if not sys.platform.startswith("linux"):
+        return
+    target = os.path.realpath(script)
+    if not any(os.path.realpath(arg) == target for arg in sys.orig_argv[1:] if not arg.startswith("-")):
         return
     try:
         with open(_THP_SETTING) as fh:

@@ -32,7 +32,7 @@ import time
 from hrstyle.cli import restart_with_huge_pages
 
 if __name__ == "__main__":
-    restart_with_huge_pages()  # first: glibc reads its tunables only when the process starts
+    restart_with_huge_pages(__file__)  # first: glibc reads its tunables only when the process starts
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 from hrstyle.cli import restart_with_huge_pages
 
 if __name__ == "__main__":
-    restart_with_huge_pages()  # first: glibc reads its tunables only when the process starts
+    restart_with_huge_pages(__file__)  # first: glibc reads its tunables only when the process starts
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, ListConfig  # noqa: E402

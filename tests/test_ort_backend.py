@@ -215,7 +215,7 @@ def test_scripts_restart_once_with_huge_pages(tmp_path):
         "import os, sys\n"
         "from hrstyle.cli import restart_with_huge_pages\n"
         "print('start', flush=True)\n"
-        "restart_with_huge_pages()\n"
+        "restart_with_huge_pages(__file__)\n"
         "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "HRSTYLE_HUGE_PAGES")}
@@ -224,7 +224,12 @@ def test_scripts_restart_once_with_huge_pages(tmp_path):
     expected = sys.platform.startswith("linux") and huge_pages_restart_env({}, platform.libc_ver(), thp) is not None
     assert out.count("start") == (2 if expected else 1)
     assert out[-1] == ("glibc.malloc.hugetlb=1" if expected else "") + " ['a b', 'x=1']"
+    # Run in-process by another program (runpy, a test runner): never restarts that program.
+    code = f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out == ["start", " []"]
     for name in ("infer", "evaluate", "benchmark_infer"):  # before their first heavy import
         text = (ROOT / "scripts" / f"{name}.py").read_text()
-        assert text.index("restart_with_huge_pages()") < min(text.index(m) for m in ("import torch", "import hydra")
+        assert text.index("restart_with_huge_pages(__file__)") < min(text.index(m) for m in ("import torch", "import hydra")
                                                               if m in text)
