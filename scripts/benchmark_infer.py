@@ -229,7 +229,8 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", help="for --memory: auto | onnx | eager")
     parser.add_argument("--tile-cost", nargs="*", default=TILE_COSTS, help="WxH:TILE pairs for the tiling-cost table")
     parser.add_argument("--precisions", nargs="+", default=None, help="default: fp32 (+ bf16 fp16 on GPU)")
-    parser.add_argument("--tile-size", type=int, default=None, help="default: 2048 on CPU, 4096 on GPU")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="default: as Stylizer (planned from the memory budget on the CPU, 4096 on GPU)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per size (the best is kept)")
@@ -239,8 +240,6 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one size:precision, print JSON
     args = parser.parse_args()
     gpu = torch.cuda.is_available() and args.device != "cpu"
-    if args.tile_size is None:
-        args.tile_size = 4096 if gpu else 2048
     if args.channels_last is None:
         args.channels_last = gpu
     if args.tiling:
@@ -261,11 +260,12 @@ def main() -> None:
     args.sizes = args.sizes or DEFAULT_SIZES
 
     precisions = args.precisions or (["fp32", "bf16", "fp16"] if gpu else ["fp32"])
-    flags = [f"--checkpoint={args.checkpoint}", f"--device={args.device}", f"--tile-size={args.tile_size}",
-             f"--repeats={args.repeats}", "--channels-last" if args.channels_last else "--no-channels-last",
+    flags = [f"--checkpoint={args.checkpoint}", f"--device={args.device}",
+             *([f"--tile-size={args.tile_size}"] if args.tile_size is not None else []), f"--repeats={args.repeats}",
+             "--channels-last" if args.channels_last else "--no-channels-last",
              f"--backend={args.backend}"]
     flags += ["--compile"] if args.compile else []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, tile_size {args.tile_size}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, tile_size {args.tile_size or 'default'}, "
           f"channels_last {args.channels_last}, compile {args.compile}")
     print("| device | backend | size | precision | ms / image | MP/s | peak memory (GB) | tiled |")
     print("|---|---|---|---|---|---|---|---|")

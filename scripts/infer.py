@@ -28,6 +28,7 @@ def run(cfg: DictConfig) -> int:
         channels_last=cfg.channels_last, compile=cfg.compile,
         guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps, color_match=cfg.get("color_match"),
         backend=cfg.get("backend", "auto"), cache_dir=cfg.get("cache_dir"), tile_cache_mb=cfg.get("tile_cache_mb"),
+        memory_gb=cfg.get("memory_gb"),
     )
     sources = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]
     if sources == [None]:  # nothing given: show what the tool does on a built-in sample

@@ -196,6 +196,8 @@ def test_infer_script_errors_are_clear(checkpoint, tmp_path):
     assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
     proc = run_infer(f"checkpoint={checkpoint}", f"input={tmp_path}/missing.jpg", f"hydra.run.dir={tmp_path}/h")
     assert proc.returncode == 2 and "input not found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_infer(f"checkpoint={checkpoint}", "memory_gb=-1", f"hydra.run.dir={tmp_path}/h")
+    assert proc.returncode == 2 and "memory_gb must be > 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped checkpoint")

@@ -213,8 +213,12 @@ def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pi
             log(f"[{index + 1}/{len(jobs)}] skipped: {exc}")
             continue
         h, w = image.shape[-2:]
-        fits = batch and batch[0][2].shape == image.shape and len(batch) < batch_size
-        if batch and (not fits or stylizer.needs_tiling(h, w)):
+        tiled = stylizer.needs_tiling(h, w)
+        # A tiled image is large: keep one decoded image ahead of it, not a batch's worth.
+        ahead = 1 if tiled else 2 * max(1, batch_size)
+        limit = min(batch_size, stylizer.batch_limit(h, w))  # same-size images that fit one forward
+        fits = batch and batch[0][2].shape == image.shape and len(batch) < limit
+        if batch and (not fits or tiled):
             yield batch
             batch = []
         batch.append((index, job, image, icc))

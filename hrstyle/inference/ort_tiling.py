@@ -16,9 +16,10 @@ instead of the eager model, and each layer is computed about once instead of onc
   are trimmed back through cheap ops (a bilinear upsampling is stored at its source resolution, a
   concatenation as its parts). So the statistics cost about one forward pass in all, and the final
   stylizing pass starts from the last cut (≈ 1.5× an untiled forward measured, against ≈ 7× eager).
-* **Bounded memory.** Cuts are kept only within ``cache_bytes`` (default: 25% of the memory that is
-  available; at 2048² in 1024 px tiles the largest pass needs 2.7 GiB, and a cache of 1 GiB made the
-  tiling cost 7.2× an untiled forward, 2 GiB 3.0×, 3 GiB 2.7×). A tile whose cut does not fit
+* **Bounded memory.** Cuts are kept only within ``cache_bytes`` (``Stylizer`` sizes it from its memory
+  budget, ``memory.plan_tiling``; called directly, 25% of the available memory; at 2048² in 1024 px
+  tiles the largest pass needs 2.7 GiB, and a cache of 1 GiB made the tiling cost 7.2× an untiled
+  forward, 2 GiB 3.0×, 3 GiB 2.7×). A tile whose cut does not fit
   continues from its last stored cut (or the image), recomputing what lies between: on a 24 MP photo with 1024 px tiles, most tiles recompute,
   and the peak stays that of one tile plus the image and the result.
 
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from hrstyle.inference.export import INPUT_NAME, OUTPUT_NAME
+from hrstyle.inference.memory import available_memory
 from hrstyle.inference.ort_backend import import_onnxruntime, make_session
 from hrstyle.inference.tiling import ALIGN, RECEPTIVE_RADIUS, _blend_weights, make_tiles, min_tile_size
 
@@ -49,15 +51,9 @@ _STRIDES = (1, 2, 4)
 
 
 def default_cache_bytes() -> int:
-    """25% of MemAvailable (512 MiB when it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 4
-    except OSError:
-        pass
-    return 512 << 20
+    """25% of the available memory (512 MiB when it cannot be read); ``Stylizer`` plans its own."""
+    available = available_memory()
+    return available // 4 if available else 512 << 20
 
 
 @dataclass

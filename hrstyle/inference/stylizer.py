@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
 from hrstyle.inference.color import apply_strength, match_color, preserve_color
+from hrstyle.inference.memory import GIB, TilingPlan, default_budget, plan_tiling
 from hrstyle.inference.photoreal import guided_filter
 from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
@@ -43,9 +45,11 @@ class Stylizer:
         precision: "fp32", or "bf16"/"fp16" (autocast; GPU. bf16 also runs on CPU).
         tile_size: images with more than tile_size² pixels are processed in tiles of
             this side (memory stays bounded, the result is the same); 0 disables tiling;
-            None: 2048 on CPU, 4096 on GPU. Untiled fp32 needs about 1.6 GB per megapixel;
-            tiled, memory is that of one tile plus the image (onnx, 768: 2.8 GiB peak for 24 MP);
-            the exact statistics cost 1.5-5 forward passes on the onnx backend, ~7 eager.
+            None: chosen from ``memory_gb`` on the onnx backend (``memory.plan_tiling``:
+            untiled while that fits, else 1024/768/512 px tiles and a stage cache), 2048 on
+            the CPU with eager PyTorch, 4096 on a GPU. The exact statistics cost about 1.5-3
+            forward passes on the onnx backend when the stage cache holds them, up to ~10 when
+            memory is tight; ~7 eager.
         tile_margin: context pixels around each tile (>= the 13 px receptive field).
         strength: 1 = full style, 0 = the original photo.
         preserve_color: keep the photo's colours, take only the stylized luminance.
@@ -73,8 +77,11 @@ class Stylizer:
             use ONNX Runtime (not installed, export failed) it warns in one line and runs eager.
         cache_dir: where exported graphs are kept (None: ``$HRSTYLE_CACHE_DIR``, else
             ``~/.cache/hrstyle``).
-        tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: 25% of the
-            available memory); 0 recomputes instead (slower, least memory).
+        tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: what
+            ``memory_gb`` leaves after the image and the tile); 0 recomputes instead (slower).
+        memory_gb: about how much memory (resident, GB) the onnx backend may use: it decides
+            between untiled and tiled, the tile size, the stage cache and how many same-size
+            images share one forward. None: half of the memory available at start-up.
 
     ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
     PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
@@ -97,6 +104,7 @@ class Stylizer:
         cache_dir: str | os.PathLike | None = None,
         tile_cache_mb: int | None = None,
         color_match: float | None = None,
+        memory_gb: float | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -110,9 +118,9 @@ class Stylizer:
             raise UserError(f"guided_radius must be >= 0 and guided_eps > 0, got {guided_radius} and {guided_eps}")
         if color_match is not None and not 0.0 <= color_match <= 1.0:
             raise UserError(f"color_match must be in [0, 1], got {color_match}")
+        if memory_gb is not None and not memory_gb > 0:
+            raise UserError(f"memory_gb must be > 0 (or null for half of the available memory), got {memory_gb}")
         self.device = pick_device(device)
-        if tile_size is None:
-            tile_size = 4096 if self.device.type == "cuda" else 2048
         if tile_size and tile_size < min_tile_size(tile_margin):
             raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin} "
                             f"(min {min_tile_size(tile_margin)})")
@@ -137,12 +145,18 @@ class Stylizer:
         if compile:
             # dynamic=True: one graph for every image and tile size.
             self._net = torch.compile(self.model, dynamic=True)
-        self.tile_size, self.tile_margin = tile_size, tile_margin
+        self.tile_margin = tile_margin
         self.strength, self.preserve_color = strength, preserve_color
         self.tile_cache_bytes = None if tile_cache_mb is None else int(tile_cache_mb) << 20
         self._ort = self._onnx_backend(backend, checkpoint, compile, cache_dir)
         #: The backend in use: "onnx" or "eager".
         self.backend = "eager" if self._ort is None else "onnx"
+        #: The memory budget in bytes (onnx backend), None for eager.
+        self.memory_bytes = None if self._ort is None else int(memory_gb * GIB) if memory_gb else default_budget()
+        if tile_size is None and self._ort is None:
+            tile_size = 4096 if self.device.type == "cuda" else 2048
+        #: None: planned per image size from the memory budget (onnx backend).
+        self.tile_size = tile_size
 
     def _onnx_backend(self, backend: str, checkpoint: str | os.PathLike, compile: bool,
                       cache_dir: str | os.PathLike | None):
@@ -185,8 +199,22 @@ class Stylizer:
         with autocast:
             return net(x)
 
+    def plan(self, height: int, width: int) -> TilingPlan:
+        """How an (H, W) image runs: untiled (and how many per forward) or the tile size and stage cache."""
+        if self.memory_bytes is None:  # eager: tile_size alone decides, batches as given
+            tiled = bool(self.tile_size) and height * width > self.tile_size * self.tile_size
+            return TilingPlan(self.tile_size if tiled else 0, 1 if tiled else 1 << 30, 0, 0)
+        plan = plan_tiling(height, width, self.memory_bytes, self.tile_margin, self.tile_size)
+        if plan.tile_size and self.tile_cache_bytes is not None:
+            plan = dataclasses.replace(plan, cache_bytes=self.tile_cache_bytes)
+        return plan
+
     def needs_tiling(self, height: int, width: int) -> bool:
-        return bool(self.tile_size) and height * width > self.tile_size * self.tile_size
+        return self.plan(height, width).tile_size > 0
+
+    def batch_limit(self, height: int, width: int) -> int:
+        """How many same-size images may share one forward (the memory budget's limit)."""
+        return self.plan(height, width).batch
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
@@ -198,11 +226,12 @@ class Stylizer:
         images = images.float()
         h, w = images.shape[-2:]
         if self._ort is not None:
-            if self.needs_tiling(h, w):
-                out = torch.cat([self._ort.tiled(img[None], self.tile_size, self.tile_margin, self.tile_cache_bytes)
+            plan = self.plan(h, w)
+            if plan.tile_size:
+                out = torch.cat([self._ort.tiled(img[None], plan.tile_size, self.tile_margin, plan.cache_bytes)
                                  for img in images])
-            else:
-                out = self._ort(images)
+            else:  # in chunks that fit the memory budget
+                out = torch.cat([self._ort(images[i:i + plan.batch]) for i in range(0, len(images), plan.batch)])
         elif self.needs_tiling(h, w):
             outs = [
                 stylize_tiled(self.model, img[None].cpu(), lambda t: self._forward(t, eager=True), self.tile_size,
