@@ -52,6 +52,21 @@ def photo_dir(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight quarter-width HRNet saved as a compact ``.pt`` (seeded: the same every run)."""
+    import torch
+
+    from hrstyle.inference import save_generator
+    from hrstyle.models import HRNet
+
+    torch.manual_seed(0)
+    model = HRNet(width=0.25)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    return save_generator(path, model, {"generator_class": "hrstyle.models.hrnet.HRNet",
+                                        "generator_config": model.config, "style_name": "tiny"})
+
+
 @pytest.fixture
 def style_path(tmp_path: Path) -> Path:
     return random_photo(tmp_path / "style.png", (64, 64), seed=9)

@@ -56,33 +56,21 @@ def test_forced_tile_size_and_impossible_budgets():
         plan_tiling(0, 10, GIB)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from hrstyle.inference import save_generator
-    from hrstyle.models import HRNet
-
-    torch.manual_seed(0)
-    model = HRNet(width=0.25)
-    path = tmp_path_factory.mktemp("mem") / "tiny.pt"
-    return save_generator(path, model, {"generator_class": "hrstyle.models.hrnet.HRNet",
-                                        "generator_config": model.config, "style_name": "tiny"})
-
-
-def test_stylizer_follows_the_plan(checkpoint, tmp_path, monkeypatch):
+def test_stylizer_follows_the_plan(tiny_checkpoint, tmp_path, monkeypatch):
     """A budget too small for a 150×200 image (with test-sized tiles) makes the default path tile it,
     with the planned tile and cache, and the result is still the untiled one."""
     cache = tmp_path / "cache"
-    plain = Stylizer(checkpoint, device="cpu", tile_size=0, cache_dir=cache)
+    plain = Stylizer(tiny_checkpoint, device="cpu", tile_size=0, cache_dir=cache)
     assert plain.backend == "onnx" and plain.memory_bytes > 0
     # The reference: eager PyTorch (the untiled onnx graph's variance formula is the less exact one).
-    eager = Stylizer(checkpoint, device="cpu", tile_size=0, backend="eager")
+    eager = Stylizer(tiny_checkpoint, device="cpu", tile_size=0, backend="eager")
     assert eager.memory_bytes is None and eager.plan(4000, 6000).tile_size == 0
     monkeypatch.setattr(memory, "TILE_SIZES", (160, 128))
     monkeypatch.setattr(memory, "RUNTIME_BYTES", 0)
     monkeypatch.setattr(memory, "TILE_BYTES", 0)
     monkeypatch.setattr(memory, "STORE_BYTES", 0)
     budget_gb = (untiled_bytes(150 * 200) - 1) / GIB  # just too small for the untiled forward
-    small = Stylizer(checkpoint, device="cpu", cache_dir=cache, memory_gb=budget_gb)
+    small = Stylizer(tiny_checkpoint, device="cpu", cache_dir=cache, memory_gb=budget_gb)
     plan = small.plan(150, 200)
     assert plan.tile_size in (160, 128) and plan.cache_bytes > 0 and small.needs_tiling(150, 200)
     assert not small.needs_tiling(60, 80) and small.batch_limit(60, 80) >= 2
@@ -94,13 +82,13 @@ def test_stylizer_follows_the_plan(checkpoint, tmp_path, monkeypatch):
     assert (small(x) - eager(x)).abs().max() < 1e-4
     assert calls == [(plan.tile_size, small.tile_margin, plan.cache_bytes)]
     with pytest.raises(UserError, match="memory_gb"):
-        Stylizer(checkpoint, device="cpu", cache_dir=cache, memory_gb=0)
+        Stylizer(tiny_checkpoint, device="cpu", cache_dir=cache, memory_gb=0)
 
 
-def test_batches_never_exceed_the_budget(checkpoint, tmp_path, monkeypatch):
+def test_batches_never_exceed_the_budget(tiny_checkpoint, tmp_path, monkeypatch):
     """Same-size photos share a forward only as far as the budget allows (four 4 MP phone photos
     in one batch would need about 40 GB)."""
-    stylizer = Stylizer(checkpoint, device="cpu", cache_dir=tmp_path / "cache")
+    stylizer = Stylizer(tiny_checkpoint, device="cpu", cache_dir=tmp_path / "cache")
     monkeypatch.setattr(memory, "RUNTIME_BYTES", 0)
     stylizer.memory_bytes = memory.untiled_bytes(2 * 40 * 30)  # room for two 40×30 images per forward
     assert stylizer.batch_limit(30, 40) == 2

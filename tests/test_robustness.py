@@ -26,10 +26,9 @@ from hrstyle.cli import hydra_argv
 from hrstyle.data.datamodule import ContentDataModule, RandomCrops
 from hrstyle.data.images import load_image, open_rgb
 from hrstyle.errors import UserError
-from hrstyle.inference import Stylizer, plan_many, save_generator, stylize_files
+from hrstyle.inference import Stylizer, plan_many, stylize_files
 from hrstyle.inference.files import Job
 from hrstyle.losses import ContentStyleLoss
-from hrstyle.models import HRNet
 from hrstyle.training.train import train
 from test_configs import compose_train
 from test_train import FAST
@@ -97,15 +96,6 @@ BAD_INPUTS = {
     "animated_webp": ("anim.webp", None),
     "spaces_and_accents": ("My Photo ü é.png", None),
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = HRNet(width=0.25)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return save_generator(path, model, {"generator_class": "hrstyle.models.hrnet.HRNet",
-                                        "generator_config": model.config, "style_name": "tiny"})
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

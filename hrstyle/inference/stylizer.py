@@ -79,7 +79,7 @@ class Stylizer:
             ``~/.cache/hrstyle``).
         tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: what
             ``memory_gb`` leaves after the image and the tile); 0 recomputes instead (slower).
-        memory_gb: about how much memory (resident, GB) the onnx backend may use: it decides
+        memory_gb: about how much memory (resident, GiB) the onnx backend may use: it decides
             between untiled and tiled, the tile size, the stage cache and how many same-size
             images share one forward. None: half of the memory available at start-up.
 
