@@ -6,6 +6,7 @@ from PIL import Image
 from conftest import random_photo
 from hrstyle.data import ContentDataModule, find_images, load_image, open_rgb, save_image_atomic
 from hrstyle.data.samples import sample_images
+from hrstyle.data.images import read_size, resize_long_side
 from hrstyle.errors import UserError
 
 
@@ -47,6 +48,24 @@ def test_exif_orientation_is_applied(tmp_path):
     shown = open_rgb(path)
     assert shown.size == (10, 30)
     assert np.asarray(shown)[:10].mean() > 200  # the white block is now on top
+
+
+def test_read_size_matches_the_decoded_image_without_decoding(tmp_path):
+    """The file runner plans its read-ahead from the header: the size must be what decoding gives."""
+    img = Image.new("RGB", (300, 100), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    img.save(rotated, exif=exif.tobytes(), quality=95)
+    plain = tmp_path / "plain.png"
+    img.save(plain)
+    assert read_size(plain) == open_rgb(plain).size == (300, 100)
+    assert read_size(rotated) == open_rgb(rotated).size == (100, 300)
+    assert read_size(rotated, max_size=150) == resize_long_side(open_rgb(rotated), 150).size == (50, 150)
+    assert read_size(plain, max_size=1000) == (300, 100)  # never enlarged
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    assert read_size(broken) is None and read_size(tmp_path / "missing.png") is None
 
 
 def test_unreadable_image_is_a_user_error(tmp_path):

@@ -8,7 +8,7 @@ from conftest import random_photo
 from hrstyle.errors import UserError
 from hrstyle.inference import Stylizer, plan_jobs, stylize_files
 from hrstyle.inference import memory
-from hrstyle.inference.memory import GIB, plan_tiling, tile_bytes, untiled_bytes
+from hrstyle.inference.memory import GIB, TilingPlan, arena_bytes, plan_tiling, tile_bytes, untiled_bytes
 from hrstyle.inference.tiling import min_tile_size
 
 pytest.importorskip("onnxruntime")
@@ -17,10 +17,42 @@ pytest.importorskip("onnxruntime")
 def test_small_images_run_untiled_in_batches_that_fit():
     plan = plan_tiling(1024, 1024, 11 * GIB)
     assert plan.tile_size == 0 and plan.cache_bytes == 0
-    assert plan.batch >= 2 and plan.estimate <= 11 * GIB
-    assert untiled_bytes(1024 * 1024 * (plan.batch + 1)) > 11 * GIB  # the largest batch that fits
-    # 2048² untiled fits half of a 24 GB machine (measured 9.4 GB): the fast path is kept.
-    assert plan_tiling(2048, 2048, 11 * GIB).tile_size == 0
+    # Batches over ARENA_MAX_PIXELS keep the arena when it fits: costed at its (higher) rate.
+    assert plan.arena and plan.batch >= 2 and plan.estimate == arena_bytes(1024 * 1024 * plan.batch) <= 11 * GIB
+    assert arena_bytes(1024 * 1024 * (plan.batch + 1)) > 11 * GIB  # the largest batch that fits
+    one = plan_tiling(1024, 1024, int(3.5 * GIB))  # up to ARENA_MAX_PIXELS the arena is always kept
+    assert one.arena and one.batch == 1 and one.tile_size == 0
+    # 2048² untiled fits 11 GiB (measured 9.4 GB without the arena), with its arena (13.3 GiB) 15 GiB.
+    assert plan_tiling(2048, 2048, 11 * GIB) == TilingPlan(0, 1, 0, untiled_bytes(2048 * 2048), arena=False)
+    assert plan_tiling(2048, 2048, 15 * GIB) == TilingPlan(0, 1, 0, arena_bytes(2048 * 2048), arena=True)
+
+
+def test_a_large_arena_is_held_for_one_shape_only(tiny_checkpoint, tmp_path, monkeypatch):
+    """The arena grown for a large batch is kept for the next batch of that shape (no page faults),
+    and dropped (its memory freed) before another large shape, an arena-less run or a tiled run."""
+    from hrstyle.inference import ort_backend
+
+    stylizer = Stylizer(tiny_checkpoint, device="cpu", cache_dir=tmp_path / "cache")
+    ort = stylizer._ort
+    monkeypatch.setattr(ort_backend, "ARENA_MAX_PIXELS", 40 * 40)
+    a, b, small = torch.rand(1, 3, 48, 48), torch.rand(1, 3, 48, 64), torch.rand(1, 3, 32, 32)
+    expected = ort(a, arena=False)
+    first = ort(a, arena=True)
+    session = ort.session
+    assert torch.allclose(first, expected, atol=1e-5)
+    ort(a, arena=True)
+    assert ort.session is session  # same shape: the grown arena is reused
+    ort(small)
+    assert ort.session is session  # small batches run inside it
+    ort(b, arena=True)
+    assert ort.session is not session  # another large shape: a fresh arena
+    ort(a, arena=False)
+    assert ort.session is None  # an arena-less run does not hold a large arena beside it
+    ort(small)
+    assert ort.session is not None
+    ort(a, arena=True)
+    ort.tiled(torch.rand(1, 3, 100, 100), min_tile_size(32), 32)
+    assert ort.session is None  # neither does a tiled run
 
 
 @pytest.mark.parametrize("budget_gb", [3, 6, 11, 40])
@@ -97,8 +129,45 @@ def test_batches_never_exceed_the_budget(tiny_checkpoint, tmp_path, monkeypatch)
         random_photo(src / f"p{i}.png", (40, 30))
     sizes = []
     forward = stylizer._ort.__call__
-    monkeypatch.setattr(type(stylizer._ort), "__call__", lambda self, x: sizes.append(len(x)) or forward(x))
+    monkeypatch.setattr(type(stylizer._ort), "__call__", lambda self, x, **kw: sizes.append(len(x)) or forward(x, **kw))
     jobs, _ = plan_jobs(str(src), str(tmp_path / "out"))
     summary = stylize_files(stylizer, jobs, batch_size=4, log=lambda _: None)
     assert summary.done == 5 and not summary.failed
     assert sizes and max(sizes) == 2 and sum(sizes) == 5
+
+
+def test_read_ahead_holds_one_large_image(tiny_checkpoint, tmp_path, monkeypatch):
+    """Images the budget tiles are recognised from their header before decoding: while one is
+    stylized at most one more is decoded (not 2 × batch_size: eight 24 MP photos are ~2.3 GB of
+    float tensors), and each goes to the model alone; small ones still batch and read ahead."""
+    from hrstyle.inference import files
+
+    stylizer = Stylizer(tiny_checkpoint, device="cpu", cache_dir=tmp_path / "cache")
+    large = lambda h, w: h * w > 40 * 30  # noqa: E731 - "tiled" by this budget: anything over 40×30
+    monkeypatch.setattr(stylizer, "needs_tiling", large)
+    src = tmp_path / "in"
+    sizes = [(40, 30)] * 3 + [(64, 48)] * 4 + [(40, 30)] * 2
+    for i, size in enumerate(sizes):
+        random_photo(src / f"p{i}.png", size, seed=i)
+    started, finished = [], []
+    decode = files._decode
+    monkeypatch.setattr(files, "_decode", lambda job, *a: started.append(job.src.name) or decode(job, *a))
+    forward = stylizer.stylize_tensor
+
+    def stylize(x):
+        h, w = x.shape[-2:]
+        # large images decoded (or decoding) and not yet stylized, this one included; and all images
+        large_in_flight = sum(sizes[int(name[1:-4])] == (64, 48) for name in started) - finished.count((48, 64))
+        finished.extend([(h, w)] * len(x))
+        batches.append((len(x), (w, h), large_in_flight, len(started) - len(finished) + len(x)))
+        return forward(x)
+
+    batches = []
+    monkeypatch.setattr(stylizer, "stylize_tensor", stylize)
+    jobs, _ = plan_jobs(str(src), str(tmp_path / "out"))
+    summary = stylize_files(stylizer, jobs, batch_size=3, log=lambda _: None)
+    assert summary.done == len(sizes) and not summary.failed
+    assert [b[:2] for b in batches] == [(3, (40, 30))] + [(1, (64, 48))] * 4 + [(2, (40, 30))]
+    assert batches[0][3] >= 4  # small photos: decoding ran ahead of the first batch
+    for _, _, large_in_flight, _ in batches[1:5]:
+        assert large_in_flight <= 2, f"{large_in_flight} large images decoded at once"

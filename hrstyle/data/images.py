@@ -133,6 +133,25 @@ def load_image(
     return pil_to_tensor(img)
 
 
+def read_size(path: str | os.PathLike, max_size: int | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` the image will have after ``open_rgb`` (EXIF orientation applied) and
+    ``resize_long_side(max_size)``, read from the file's header without decoding it; None when the
+    header cannot be read (``open_rgb`` then reports why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                w, h = img.size
+                if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn
+                    w, h = h, w
+    except Exception:  # noqa: BLE001 - any unreadable header: let the decoder say why
+        return None
+    if max_size and max(w, h) > max_size:
+        scale = max_size / max(w, h)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    return w, h
+
+
 def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     """Resize (antialiased) so the longer side is ``size`` pixels, keeping the aspect ratio."""
     w, h = img.size

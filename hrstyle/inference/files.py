@@ -16,7 +16,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hrstyle.data.images import DEFAULT_MAX_PIXELS, is_image_file, open_rgb, pil_to_tensor, resize_long_side, save_image_atomic, tensor_to_pil
+from hrstyle.data.images import (
+    DEFAULT_MAX_PIXELS,
+    is_image_file,
+    open_rgb,
+    pil_to_tensor,
+    read_size,
+    resize_long_side,
+    save_image_atomic,
+    tensor_to_pil,
+)
 from hrstyle.errors import UserError
 from hrstyle.inference.stylizer import Stylizer
 
@@ -188,23 +197,32 @@ def stylize_files(
 
 
 def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pixels) -> Iterator[list]:
-    """Decoded images in order, grouped into same-size batches; decoding runs ahead."""
-    queue: deque[tuple[int, Job, Future]] = deque()
-    todo = iter(enumerate(jobs))
+    """Decoded images in order, grouped into same-size batches; decoding runs ahead.
+
+    Up to ``2 * batch_size`` images are decoded ahead, but an image the memory budget tiles
+    (its size read from the header, before decoding) is large: the read-ahead then holds
+    one image, never several tiled ones at once.
+    """
+    queue: deque[tuple[int, Job, Future, bool]] = deque()
+    todo = deque((index, job, None) for index, job in enumerate(jobs))
     ahead = 2 * max(1, batch_size)
 
     def refill() -> None:
-        while len(queue) < ahead:
-            item = next(todo, None)
-            if item is None:
+        while todo and len(queue) < ahead:
+            index, job, large = todo[0]
+            if large is None:  # header read once per file
+                size = read_size(job.src, max_size)
+                large = size is not None and stylizer.needs_tiling(size[1], size[0])
+                todo[0] = (index, job, large)
+            if queue and (large or any(item[3] for item in queue)):
                 return
-            index, job = item
-            queue.append((index, job, decoder.submit(_decode, job, max_size, max_pixels)))
+            todo.popleft()
+            queue.append((index, job, decoder.submit(_decode, job, max_size, max_pixels), large))
 
     batch: list = []
     refill()
     while queue:
-        index, job, future = queue.popleft()
+        index, job, future, _ = queue.popleft()
         refill()
         try:
             image, icc = future.result()
@@ -213,14 +231,13 @@ def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pi
             log(f"[{index + 1}/{len(jobs)}] skipped: {exc}")
             continue
         h, w = image.shape[-2:]
-        tiled = stylizer.needs_tiling(h, w)
-        # A tiled image is large: keep one decoded image ahead of it, not a batch's worth.
-        ahead = 1 if tiled else 2 * max(1, batch_size)
         limit = min(batch_size, stylizer.batch_limit(h, w))  # same-size images that fit one forward
-        fits = batch and batch[0][2].shape == image.shape and len(batch) < limit
-        if batch and (not fits or tiled):
+        if batch and batch[0][2].shape != image.shape:
             yield batch
             batch = []
         batch.append((index, job, image, icc))
+        if stylizer.needs_tiling(h, w) or len(batch) >= limit:  # full: run it now
+            yield batch
+            batch = []
     if batch:
         yield batch

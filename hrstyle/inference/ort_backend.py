@@ -41,7 +41,9 @@ from hrstyle.inference.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 #: Batches up to this many pixels run on a session with ONNX Runtime's memory arena: 1.6× faster at
 #: 1024² (no page faults: without it a third of the CPU time was the kernel's), but twice the peak
 #: memory (5.1 against 2.6 GB at 1024²), held by the session between images (shrinking the arena after
-#: each run gave the page faults back: 5.5 s). Larger batches use a session without the arena.
+#: each run gave the page faults back: 5.5 s). Larger batches keep an arena only when asked to
+#: (``arena=True``: the memory budget allows its ~3.4 KB/px, ``memory.plan_tiling``), and only for
+#: one shape at a time; else they run on a session without one.
 ARENA_MAX_PIXELS = 1_600_000
 
 #: Largest |ONNX Runtime - eager| accepted for a fresh export (on the 61×47 check image: ~1e-6).
@@ -230,12 +232,22 @@ class OrtGenerator:
         fast = fast_path(self.path)
         self._graph = fast if fast.is_file() else self.path
         self.session = make_session(self._graph, self.threads, arena=True)
+        self._large_shape: tuple[int, ...] | None = None  # the large batch shape the arena was grown for
         self._big_session: Any = None  # without the arena, for large batches (made when first needed)
         self._tiler: Any = None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, arena: bool | None = None) -> torch.Tensor:
+        """``arena``: keep ONNX Runtime's memory arena for this batch (None: only up to ``ARENA_MAX_PIXELS``)."""
         x = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
-        if x.shape[0] * x.shape[2] * x.shape[3] <= ARENA_MAX_PIXELS:
+        large = x.shape[0] * x.shape[2] * x.shape[3] > ARENA_MAX_PIXELS
+        arena = not large if arena is None else arena
+        if not arena or (large and x.shape != self._large_shape):
+            self._release_large_arena()  # hold one large shape's arena at most, and none beside other runs
+        if arena:
+            if self.session is None:
+                self.session = make_session(self._graph, self.threads, arena=True)
+            if large:
+                self._large_shape = x.shape
             (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         else:
             if self._big_session is None:
@@ -243,10 +255,18 @@ class OrtGenerator:
             (y,) = self._big_session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
+    def _release_large_arena(self) -> None:
+        """Drop the session whose arena grew for a large batch (its memory goes back to the system;
+        a new session costs ~0.1 s)."""
+        if self._large_shape is not None:
+            self.session = None
+            self._large_shape = None
+
     def tiled(self, image: torch.Tensor, tile_size: int, margin: int, cache_bytes: int | None = None) -> torch.Tensor:
         """One (1, 3, H, W) image, tiled, equal to ``self(image)`` up to float rounding."""
         from hrstyle.inference.ort_tiling import OrtTiler
 
+        self._release_large_arena()
         if self._tiler is None:
             self._tiler = OrtTiler(self.path, self.threads)
         return self._tiler(image, tile_size, margin, cache_bytes)

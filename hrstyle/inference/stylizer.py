@@ -81,7 +81,7 @@ class Stylizer:
             ``memory_gb`` leaves after the image and the tile); 0 recomputes instead (slower).
         memory_gb: about how much memory (resident, GiB) the onnx backend may use: it decides
             between untiled and tiled, the tile size, the stage cache and how many same-size
-            images share one forward. None: half of the memory available at start-up.
+            images share one forward. None: three quarters of the memory available at start-up.
 
     ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
     PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
@@ -119,7 +119,7 @@ class Stylizer:
         if color_match is not None and not 0.0 <= color_match <= 1.0:
             raise UserError(f"color_match must be in [0, 1], got {color_match}")
         if memory_gb is not None and not memory_gb > 0:
-            raise UserError(f"memory_gb must be > 0 (or null for half of the available memory), got {memory_gb}")
+            raise UserError(f"memory_gb must be > 0 (or null for three quarters of the available memory), got {memory_gb}")
         self.device = pick_device(device)
         if tile_size and tile_size < min_tile_size(tile_margin):
             raise UserError(f"tile_size {tile_size} is too small for tile_margin {tile_margin} "
@@ -231,7 +231,8 @@ class Stylizer:
                 out = torch.cat([self._ort.tiled(img[None], plan.tile_size, self.tile_margin, plan.cache_bytes)
                                  for img in images])
             else:  # in chunks that fit the memory budget
-                out = torch.cat([self._ort(images[i:i + plan.batch]) for i in range(0, len(images), plan.batch)])
+                out = torch.cat([self._ort(images[i:i + plan.batch], arena=plan.arena)
+                                 for i in range(0, len(images), plan.batch)])
         elif self.needs_tiling(h, w):
             outs = [
                 stylize_tiled(self.model, img[None].cpu(), lambda t: self._forward(t, eager=True), self.tile_size,
