@@ -27,9 +27,10 @@ def test_small_images_run_untiled_in_batches_that_fit():
     assert plan_tiling(2048, 2048, 15 * GIB) == TilingPlan(0, 1, 0, arena_bytes(2048 * 2048), arena=True)
 
 
-def test_a_large_arena_is_held_for_one_shape_only(tiny_checkpoint, tmp_path, monkeypatch):
+def test_an_arena_is_held_for_one_large_shape_and_never_beside_other_runs(tiny_checkpoint, tmp_path, monkeypatch):
     """The arena grown for a large batch is kept for the next batch of that shape (no page faults),
-    and dropped (its memory freed) before another large shape, an arena-less run or a tiled run."""
+    and dropped (its memory freed) before another large shape; no arena, small or large, is held
+    during an arena-less or a tiled run (the budget plans those alone)."""
     from hrstyle.inference import ort_backend
 
     stylizer = Stylizer(tiny_checkpoint, device="cpu", cache_dir=tmp_path / "cache")
@@ -53,6 +54,9 @@ def test_a_large_arena_is_held_for_one_shape_only(tiny_checkpoint, tmp_path, mon
     ort(a, arena=True)
     ort.tiled(torch.rand(1, 3, 100, 100), min_tile_size(32), 32)
     assert ort.session is None  # neither does a tiled run
+    ort(small)
+    ort.tiled(torch.rand(1, 3, 100, 100), min_tile_size(32), 32)
+    assert ort.session is None  # nor the small-batch arena
 
 
 @pytest.mark.parametrize("budget_gb", [3, 6, 11, 40])

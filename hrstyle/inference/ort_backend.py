@@ -43,7 +43,8 @@ from hrstyle.inference.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 #: memory (5.1 against 2.6 GB at 1024²), held by the session between images (shrinking the arena after
 #: each run gave the page faults back: 5.5 s). Larger batches keep an arena only when asked to
 #: (``arena=True``: the memory budget allows its ~3.4 KB/px, ``memory.plan_tiling``), and only for
-#: one shape at a time; else they run on a session without one.
+#: one shape at a time; else they run on a session without one. No arena is held during an arena-less
+#: or tiled run: the budget plans those as if they were alone.
 ARENA_MAX_PIXELS = 1_600_000
 
 #: Largest |ONNX Runtime - eager| accepted for a fresh export (on the 61×47 check image: ~1e-6).
@@ -242,7 +243,7 @@ class OrtGenerator:
         large = x.shape[0] * x.shape[2] * x.shape[3] > ARENA_MAX_PIXELS
         arena = not large if arena is None else arena
         if not arena or (large and x.shape != self._large_shape):
-            self._release_large_arena()  # hold one large shape's arena at most, and none beside other runs
+            self._release_arena()  # one large shape's arena at most, and none beside arena-less or tiled runs
         if arena:
             if self.session is None:
                 self.session = make_session(self._graph, self.threads, arena=True)
@@ -255,18 +256,17 @@ class OrtGenerator:
             (y,) = self._big_session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
-    def _release_large_arena(self) -> None:
-        """Drop the session whose arena grew for a large batch (its memory goes back to the system;
-        a new session costs ~0.1 s)."""
-        if self._large_shape is not None:
-            self.session = None
-            self._large_shape = None
+    def _release_arena(self) -> None:
+        """Drop the arena session: what its arena grew to goes back to the system, so the memory budget
+        holds for the run that follows (a new session, made when next needed, costs ~0.1 s)."""
+        self.session = None
+        self._large_shape = None
 
     def tiled(self, image: torch.Tensor, tile_size: int, margin: int, cache_bytes: int | None = None) -> torch.Tensor:
         """One (1, 3, H, W) image, tiled, equal to ``self(image)`` up to float rounding."""
         from hrstyle.inference.ort_tiling import OrtTiler
 
-        self._release_large_arena()
+        self._release_arena()
         if self._tiler is None:
             self._tiler = OrtTiler(self.path, self.threads)
         return self._tiler(image, tile_size, margin, cache_bytes)
