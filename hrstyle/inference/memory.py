@@ -103,6 +103,11 @@ def arena_bytes(pixels: int) -> int:
     return RUNTIME_BYTES + (IMAGE_BYTES_PER_PIXEL + ARENA_BYTES_PER_PIXEL) * pixels
 
 
+def _images_that_fit(budget: int, pixels: int, bytes_per_pixel: int, max_batch: int) -> int:
+    """How many images of ``pixels`` one untiled forward at ``bytes_per_pixel`` holds within ``budget`` (may be 0)."""
+    return int(min(max_batch, (budget - RUNTIME_BYTES) // ((IMAGE_BYTES_PER_PIXEL + bytes_per_pixel) * pixels)))
+
+
 def tile_bytes(tile_size: int, margin: int) -> int:
     """Working memory of one tile's passes (a ``tile_size`` tile with ``margin`` context on each side)."""
     return TILE_BYTES + TILE_BYTES_PER_PIXEL * (tile_size + 2 * margin) ** 2
@@ -120,13 +125,11 @@ def plan_tiling(height: int, width: int, budget: int, margin: int = 32, tile_siz
     pixels = height * width
     if tile_size == 0 or (tile_size is None and untiled_bytes(pixels) <= budget) \
             or (tile_size and pixels <= tile_size * tile_size):
-        batch = int(max(1, min(max_batch, (budget - RUNTIME_BYTES) // ((IMAGE_BYTES_PER_PIXEL + UNTILED_BYTES_PER_PIXEL)
-                                                                       * pixels))))
+        batch = max(1, _images_that_fit(budget, pixels, UNTILED_BYTES_PER_PIXEL, max_batch))
         if batch * pixels <= ARENA_MAX_PIXELS:
             return TilingPlan(0, batch, 0, untiled_bytes(pixels * batch), arena=True)
         # Large batches: keeping the arena costs a third more memory and saves a third of the time.
-        arena_batch = int(min(max_batch, (budget - RUNTIME_BYTES) // ((IMAGE_BYTES_PER_PIXEL + ARENA_BYTES_PER_PIXEL)
-                                                                    * pixels)))
+        arena_batch = _images_that_fit(budget, pixels, ARENA_BYTES_PER_PIXEL, max_batch)
         if arena_batch >= 1:
             return TilingPlan(0, arena_batch, 0, arena_bytes(pixels * arena_batch), arena=True)
         return TilingPlan(0, batch, 0, untiled_bytes(pixels * batch))
