@@ -19,7 +19,7 @@ from conftest import ROOT, random_photo
 from hrstyle.errors import UserError
 from hrstyle.evaluation.methods import build_methods, differing_overrides
 from hrstyle.evaluation.metrics import METRIC_KEYS
-from hrstyle.evaluation.report import PAD, evaluate
+from hrstyle.evaluation.report import PAD, STYLE_KEYS, evaluate
 from hrstyle.inference import load_generator, save_generator
 from hrstyle.losses import ContentStyleLoss
 from hrstyle.models import HRNet
@@ -77,10 +77,11 @@ def test_report_files_and_checkpoint_pairing(tmp_path: Path, inputs) -> None:
     assert list(report) == ["identity", "foreign", "run7"]  # top level: exactly the method names
     for entry in report.values():
         assert set(entry) == {"mean", "images"}
-        assert set(entry["mean"]) == {*METRIC_KEYS, "seconds"}
+        assert set(entry["mean"]) == {*METRIC_KEYS, *STYLE_KEYS, "seconds"}
         for record in entry["images"]:
-            assert set(record) == {"photo", "style", *METRIC_KEYS, "seconds"}
-            assert all(math.isfinite(record[k]) for k in (*METRIC_KEYS, "seconds"))
+            assert set(record) == {"photo", "style", *METRIC_KEYS, *STYLE_KEYS, "seconds"}
+            assert all(math.isfinite(record[k]) for k in (*METRIC_KEYS, "lightness", "seconds"))
+            assert record["regional"] is None  # no masks given
     # identity runs on every style (given + checkpoints' own); a checkpoint on its own style
     # when that file exists, else on the given ones.
     pairs = {name: {(r["photo"], r["style"]) for r in e["images"]} for name, e in report.items()}
@@ -100,6 +101,44 @@ def test_report_files_and_checkpoint_pairing(tmp_path: Path, inputs) -> None:
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width == 5 * (THUMB + 2 * PAD)  # content | style | 3 methods
     assert sheet.height > 4 * THUMB  # 4 (photo, style) rows
+
+
+def test_masks_give_the_regional_distance_and_color_at_strength(tmp_path: Path, inputs) -> None:
+    contents, styles = inputs
+    masks = {"content": tmp_path / "masks_c", "style": tmp_path / "masks_s"}
+    for folder in masks.values():
+        folder.mkdir()
+    halves = torch.zeros(64, 64, dtype=torch.uint8)
+    halves[32:] = 1
+    Image.fromarray(halves.numpy(), mode="L").save(masks["content"] / "a.png")  # b has no mask
+    Image.fromarray(halves.numpy(), mode="L").save(masks["style"] / "s1.png")
+    cfg = config(tmp_path, f"content_masks={masks['content']}", f"style_masks={masks['style']}")
+    report = evaluate(contents, styles, ["identity", "identity+color@1", "identity+color"], cfg)
+    assert list(report) == ["identity", "identity+color@1", "identity+color"]
+    regional = {name: {r["photo"]: r["regional"] for r in e["images"]} for name, e in report.items()}
+    assert all(v["b"] is None and v["a"] > 0 for v in regional.values())
+    # The full colour transfer is closer to the style's colours than the half one, which is closer than the photo.
+    assert regional["identity+color@1"]["a"] < regional["identity+color"]["a"] < regional["identity"]["a"]
+    assert report["identity"]["mean"]["regional"] == regional["identity"]["a"]  # the mean skips unmasked pairs
+    assert "regional colour ↓" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(UserError, match="strength"):
+        evaluate(contents, styles, ["identity+color@strong"], cfg)
+
+
+def test_default_suffix_is_the_checkpoints_own_inference(tmp_path: Path, inputs) -> None:
+    contents, styles = inputs
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", "/nonexistent/style.jpg", seed=3)
+    model, meta = load_generator(ckpt)
+    save_generator(ckpt, model, {**meta, "guided_radius": 3})  # the checkpoint recommends the guided filter
+    cfg = config(tmp_path, "guided.radius=3")
+    report = evaluate(contents[:1], styles, [str(ckpt), f"{ckpt}+default", f"{ckpt}+guided"], cfg)
+    assert list(report) == ["tiny", "tiny+default", "tiny+guided"]
+    images = {m: torch.from_numpy(__import__("numpy").asarray(Image.open(
+        tmp_path / "report" / "images" / m / "a__s1.png"))).float() for m in report}
+    assert torch.equal(images["tiny+default"], images["tiny+guided"])
+    assert not torch.equal(images["tiny"], images["tiny+default"])  # the network alone has no filter
+    with pytest.raises(UserError, match="default"):
+        evaluate(contents[:1], styles, ["identity+default"], cfg)
 
 
 def test_multirun_folder_gatys_and_paper(tmp_path: Path, inputs) -> None:

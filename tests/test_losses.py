@@ -215,3 +215,58 @@ def test_photoreal_term_penalizes_invented_texture_and_trains():
     assert image.grad is not None and image.grad.abs().sum() > 0
     with pytest.raises(UserError, match="photoreal_weight"):
         ContentStyleLoss(arch="vgg16", weights="random", photoreal_weight=-1)
+
+
+def test_sliced_wasserstein_sees_the_whole_distribution():
+    from hrstyle.losses.distributions import mean_std_distance, mean_std, random_directions, sliced_wasserstein
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(4, 2000, generator=g)
+    directions = random_directions(4, 8, torch.Generator().manual_seed(1))
+    # The same samples in another order (and at another count): the same distribution, distance ~0.
+    same = target[:, torch.randperm(2000, generator=g)][:, :1000].reshape(1, 4, 40, 25)
+    assert sliced_wasserstein(same, target, directions).item() < 0.01
+    # Same mean and std per channel, another shape (two points at ±1): mean/std see nothing, SW does.
+    two_points = (torch.randint(0, 2, (1, 4, 1000), generator=g).float() * 2 - 1)
+    assert mean_std_distance(two_points, mean_std(target[None])).item() < 0.01
+    assert sliced_wasserstein(two_points, target, directions).item() > 0.05
+    # Per sample: the batch dimension is kept.
+    batch = torch.cat([same.reshape(1, 4, -1), two_points])
+    values = sliced_wasserstein(batch, target, directions)
+    assert values.shape == (2,) and values[0] < values[1]
+
+
+@pytest.mark.parametrize("statistic", ["gram", "mean_std", "sliced_wasserstein"])
+def test_style_statistics_are_zero_at_the_style_and_train(statistic):
+    torch.manual_seed(0)
+    loss = ContentStyleLoss(weights="random", arch="vgg16", style_layers=["relu1_1", "relu2_1"],
+                            content_layer="relu2_1", style_statistic=statistic, color_distribution_weight=1.0)
+    style = torch.rand(1, 3, 32, 32)
+    loss.set_style(style)
+    at_style = loss(style, style, seed=0)
+    assert at_style["style_loss"].item() < 1e-3 and at_style["color_distribution_loss"].item() < 1e-3
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    first = loss(x, x.detach(), seed=0)
+    assert loss(x, x.detach(), seed=0)["loss"].item() == first["loss"].item()  # the seed fixes the projections
+    first["loss"].backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="style_statistic"):
+        ContentStyleLoss(weights="random", arch="vgg16", style_statistic="histogram")
+
+
+@needs_shared
+def test_darkening_a_photo_darker_than_the_style_raises_the_colour_distribution_term():
+    """Why the colour-distribution term: whatever the feature statistics reward (a darker picture has
+    less texture, which a smooth style photo also lacks), the style's colours are a target that a
+    darker picture only moves away from when the photo is already darker than the style."""
+    from hrstyle.data.images import load_image
+
+    photo = load_image(str(OFFLINE_VGG16.parent.parent / "data" / "content" / "fps_in81.png"), max_size=128)[None]
+    style = load_image(str(OFFLINE_VGG16.parent.parent / "data" / "styles" / "fps_in81.png"), max_size=128)[None]
+    loss = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16", style_statistic="sliced_wasserstein",
+                            color_distribution_weight=1.0)
+    loss.set_style(style)
+    terms = [loss(photo * gain, photo, seed=0)["color_distribution_loss"].item() for gain in (1.0, 0.8, 0.6)]
+    assert terms[0] < terms[1] < terms[2]
+    brighter = loss((photo * 1.2).clamp(0, 1), photo, seed=0)["color_distribution_loss"].item()
+    assert brighter < terms[0]  # the snowy style is paler than the green valley

@@ -10,12 +10,17 @@ A method string is one of:
   (``<folder>/<N>/checkpoints/last.ckpt`` + ``<folder>/<N>/.hydra/overrides.yaml``, as
   ``python scripts/train.py -m ...`` writes) expanded into one method per run, labelled with
   the overrides that differ between the runs;
+* a checkpoint or run folder with ``+default`` appended (``checkpoints/winter.pt+default``): the
+  checkpoint with the inference defaults it recommends (its guided filter and colour match), i.e.
+  what ``scripts/infer.py`` gives with no options;
 * any of these with ``+guided`` appended (``checkpoints/starry.pt+guided``): the same method
   followed by the photorealism control, the guided filter of ``hrstyle.inference.photoreal``
   with the photo as guide (``guided.radius``, ``guided.eps`` from the config);
 * any of these with ``+color`` appended (``<run>+guided+color``): the same method followed by
   the match to the style's colour statistics (``hrstyle.inference.color.match_color``, strength
-  ``color.strength`` from the config), taken from the style image of the pair.
+  ``color.strength`` from the config), taken from the style image of the pair; ``+color@S`` sets
+  the strength S in [0, 1] for that method alone (``identity+color@1``: the global colour transfer
+  of the photo, the baseline every photo style must beat).
 
 Every method is a ``Method`` whose ``fn(content, style)`` maps (1, 3, H, W) tensors in [0, 1]
 to a (1, 3, H, W) float32 CPU tensor in [0, 1]. ``gatys`` and ``paper`` share one
@@ -39,6 +44,7 @@ from hrstyle.inference.checkpoint import PROJECT_ROOT
 
 BUILTIN = ("identity", "gatys", "paper")
 GUIDED_SUFFIX = "+guided"
+DEFAULT_SUFFIX = "+default"
 COLOR_SUFFIX = "+color"
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
 METHOD_KINDS = (
@@ -151,17 +157,21 @@ def own_style_image(meta: dict[str, Any]) -> Path | None:
     return None
 
 
-def _checkpoint_method(path: Path, device: torch.device, name: str | None = None) -> Method:
+def _checkpoint_method(path: Path, device: torch.device, name: str | None = None, defaults: bool = False) -> Method:
     from hrstyle.inference import Stylizer
 
-    # Untiled at evaluation size; the network's own output (append +guided for the photorealism control).
-    stylizer = Stylizer(path, device=str(device), tile_size=0, guided_radius=0)
+    # Untiled at evaluation size. By default the network's own output, none of the checkpoint's
+    # post-processing (append +guided for the photorealism control, +color for the colour match);
+    # with ``defaults`` exactly what inference does with the checkpoint's recommendations.
+    off = {} if defaults else {"guided_radius": 0, "color_match": 0.0}
+    stylizer = Stylizer(path, device=str(device), tile_size=0, **off)
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         return stylizer.stylize_tensor(content)
 
-    return Method(name or checkpoint_name(path), "checkpoint", fn, source=str(path),
-                  style_image=own_style_image(stylizer.meta))
+    name = name or checkpoint_name(path)
+    suffix = DEFAULT_SUFFIX if defaults else ""
+    return Method(f"{name}{suffix}", "checkpoint", fn, source=f"{path}{suffix}", style_image=own_style_image(stylizer.meta))
 
 
 def read_overrides(run_dir: Path) -> list[str]:
@@ -199,9 +209,9 @@ def sweep_runs(folder: Path) -> list[Path]:
     return sorted(runs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
 
 
-def _folder_methods(folder: Path, device: torch.device) -> list[Method]:
+def _folder_methods(folder: Path, device: torch.device, defaults: bool = False) -> list[Method]:
     if (folder / "checkpoints" / "last.ckpt").is_file():  # one training run
-        return [_checkpoint_method(folder / "checkpoints" / "last.ckpt", device, name=folder.name)]
+        return [_checkpoint_method(folder / "checkpoints" / "last.ckpt", device, name=folder.name, defaults=defaults)]
     runs = sweep_runs(folder)
     if not runs:
         raise UserError(f"{folder} holds no training run: expected a multirun folder with "
@@ -210,7 +220,7 @@ def _folder_methods(folder: Path, device: torch.device) -> list[Method]:
     methods = []
     for run, label in zip(runs, labels):
         text = ",".join(f"{k}={v}" for k, v in label.items()) or f"run{run.name}"
-        method = _checkpoint_method(run / "checkpoints" / "last.ckpt", device, name=text)
+        method = _checkpoint_method(run / "checkpoints" / "last.ckpt", device, name=text, defaults=defaults)
         method.source, method.sweep, method.label = str(run), folder, label or {"run": run.name}
         methods.append(method)
     return methods
@@ -241,11 +251,18 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
             base = build_methods([spec[: -len(GUIDED_SUFFIX)]], cfg, device)
             methods.extend(_with_guided_filter(m, guided_opts) for m in base)
             continue
-        if spec.endswith(COLOR_SUFFIX):
-            base = build_methods([spec[: -len(COLOR_SUFFIX)]], cfg, device)
-            methods.extend(_with_color_match(m, color_opts) for m in base)
+        color = re.fullmatch(rf"(.+){re.escape(COLOR_SUFFIX)}(?:@([^+@]*))?", spec)
+        if color:
+            opts = color_opts if color.group(2) is None else {**color_opts, "strength": _strength(spec, color.group(2))}
+            base = build_methods([color.group(1)], cfg, device)
+            methods.extend(_with_color_match(m, opts, color.group(2)) for m in base)
             continue
+        defaults = spec.endswith(DEFAULT_SUFFIX)
+        if defaults:
+            spec = spec[: -len(DEFAULT_SUFFIX)]
         path = Path(spec).expanduser()
+        if defaults and not (path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_dir()):
+            raise UserError(f"{spec}{DEFAULT_SUFFIX}: +default applies to a checkpoint or a training run folder")
         if spec == "identity":
             methods.append(Method("identity", "identity", _identity, source=spec))
         elif spec == "gatys":
@@ -255,9 +272,9 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
         elif path.suffix.lower() in CHECKPOINT_SUFFIXES:
             from hrstyle.inference.checkpoint import resolve_checkpoint
 
-            methods.append(_checkpoint_method(resolve_checkpoint(path), device))
+            methods.append(_checkpoint_method(resolve_checkpoint(path), device, defaults=defaults))
         elif path.is_dir():
-            methods.extend(_folder_methods(path, device))
+            methods.extend(_folder_methods(path, device, defaults=defaults))
         else:
             raise UserError(f"unknown method {spec!r}: use {METHOD_KINDS}")
     return _unique_names(methods)
@@ -277,7 +294,14 @@ def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
     return method
 
 
-def _with_color_match(method: Method, opts: dict[str, Any]) -> Method:
+def _strength(spec: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"method {spec!r}: +color@S takes a strength S in [0, 1], got {text!r}") from None
+
+
+def _with_color_match(method: Method, opts: dict[str, Any], label: str | None = None) -> Method:
     from hrstyle.inference.color import color_statistics, match_color
 
     strength = float(opts.get("strength", 0.5))
@@ -288,8 +312,9 @@ def _with_color_match(method: Method, opts: dict[str, Any]) -> Method:
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         return match_color(inner(content, style), color_statistics(style.float().cpu()), strength)
 
-    method.fn, method.name = fn, f"{method.name}{COLOR_SUFFIX}"
-    method.source = f"{method.source}{COLOR_SUFFIX}"
+    suffix = COLOR_SUFFIX if label is None else f"{COLOR_SUFFIX}@{label}"
+    method.fn, method.name = fn, f"{method.name}{suffix}"
+    method.source = f"{method.source}{suffix}"
     return method
 
 

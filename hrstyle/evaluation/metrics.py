@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from kornia.color import rgb_to_grayscale
+from kornia.color import rgb_to_grayscale, rgb_to_lab
 from kornia.filters import sobel
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -46,6 +46,15 @@ METRIC_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 def luminance(image: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB in [0, 1] → (N, 1, H, W) luma (Rec. 601) in [0, 1]."""
     return rgb_to_grayscale(image.float())
+
+
+def lightness_gap(output: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Mean CIELAB lightness L* (0–100) of each (N, 3, H, W) output in [0, 1] minus that of the
+    (1, 3, Hs, Ws) style image → (N,): negative = darker than the style."""
+    def mean_l(image: torch.Tensor) -> torch.Tensor:
+        return rgb_to_lab(image.float().clamp(0, 1))[:, 0].mean(dim=(1, 2))
+
+    return mean_l(output) - mean_l(style.to(output.device))
 
 
 def edge_map(image: torch.Tensor) -> torch.Tensor:

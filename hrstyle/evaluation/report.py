@@ -39,14 +39,19 @@ from PIL import Image, ImageDraw, ImageFont
 from hrstyle.data.images import load_image, resize_long_side, save_image_atomic, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.evaluation.methods import Method, _cfg_get, build_methods
-from hrstyle.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, StyleMetrics
+from hrstyle.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, StyleMetrics, lightness_gap
+from hrstyle.evaluation.regional import find_label_map, load_label_map, regional_color_distance
 
+#: Keys measured against the style image: the regional colour distance (None without masks) and the
+#: lightness gap (the output's mean CIELAB L* minus the style's: negative = darker than the style).
+STYLE_KEYS = ("regional", "lightness")
 #: Report columns: the metrics, then seconds per image.
-COLUMNS = (*METRIC_KEYS, "seconds")
+COLUMNS = (*METRIC_KEYS, *STYLE_KEYS, "seconds")
 TITLES = {"ssim": "SSIM", "edge_ssim": "edge SSIM", "photorealism": "photorealism", "gram": "Gram",
-          "content": "content", "seconds": "s / image"}
+          "content": "content", "regional": "regional colour", "lightness": "ΔL* vs style", "seconds": "s / image"}
 #: Short names in picture captions.
-SHORT = {"ssim": "ssim", "edge_ssim": "edge", "photorealism": "real", "gram": "gram", "content": "cont"}
+SHORT = {"ssim": "ssim", "edge_ssim": "edge", "photorealism": "real", "gram": "gram", "content": "cont",
+         "regional": "region", "lightness": "dL"}
 #: Space around each picture of a sheet (px): a cell is thumb + 2·PAD wide.
 PAD = 4
 MISSING_CELL = (225, 225, 225)
@@ -93,7 +98,9 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
             training style image exists.
         methods: method strings (see ``hrstyle.evaluation.methods``).
         cfg: ``configs/evaluate.yaml`` (a DictConfig or a mapping): ``output``, ``size``,
-            ``style_size``, ``thumb``, ``device``, ``loss``, ``gatys``, ``paper``, ``seed``, ``progress``.
+            ``style_size``, ``thumb``, ``device``, ``loss``, ``gatys``, ``paper``, ``seed``, ``progress``,
+            ``content_masks``, ``style_masks`` (folders of label maps named like the images: with
+            both, each pair that has both maps gets the regional colour distance).
 
     Returns the ``report.json`` dict. Raises ``UserError`` for bad input.
     """
@@ -141,6 +148,8 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
     protect = [*contents, *style_paths]  # outputs never overwrite an input
     content_images = {n: load_image(p, max_size=size).unsqueeze(0) for n, p in named_contents}
     style_images = {n: load_image(p, max_size=style_size).unsqueeze(0) for n, p in named_styles}
+    content_labels = _label_maps(_cfg_get(cfg, "content_masks"), named_contents)
+    style_labels = _label_maps(_cfg_get(cfg, "style_masks"), named_styles)
 
     metrics = StyleMetrics.from_loss_config(_cfg_get(cfg, "loss") or {}).to(device)
     results: dict[str, list[dict[str, Any]]] = {m.name: [] for m in built}
@@ -166,15 +175,21 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
                     raise RuntimeError(f"{method.name} returned shape {tuple(output.shape)} for a "
                                        f"{tuple(content.shape)} photo")
                 values = {k: float(v[0]) for k, v in metrics(output.to(device), content_dev).items()}
+                values["lightness"] = float(lightness_gap(output, style)[0])
+                values["regional"] = float("nan")
+                if content_name in content_labels and style_name in style_labels:
+                    values["regional"] = regional_color_distance(output, style, content_labels[content_name],
+                                                                 style_labels[style_name])
                 record = {"photo": content_name, "style": style_name,
-                          **{k: _finite(values[k]) for k in METRIC_KEYS}, "seconds": seconds}
+                          **{k: _finite(values[k]) for k in (*METRIC_KEYS, *STYLE_KEYS)}, "seconds": seconds}
                 results[method.name].append(record)
                 picture = tensor_to_pil(output[0])
                 save_image_atomic(picture, out_dir / "images" / _safe(method.name)
                                   / f"{_safe(content_name)}__{_safe(style_name)}.png", protect=protect)
                 thumbs[(method.name, content_name, style_name)] = resize_long_side(picture, thumb)
                 print(f"{method.name:<{width}}  {content_name} x {style_name}  " + "  ".join(
-                    f"{SHORT[k]} {_fmt(values[k])}" for k in METRIC_KEYS) + f"  {seconds:.2f} s", flush=True)
+                    f"{SHORT[k]} {_fmt(values[k])}" for k in (*METRIC_KEYS, *STYLE_KEYS)
+                    if math.isfinite(values[k])) + f"  {seconds:.2f} s", flush=True)
 
     report = {name: {"mean": _means(records), "images": records} for name, records in results.items()}
     inputs = {"content": {n: resize_long_side(tensor_to_pil(t[0]), thumb) for n, t in content_images.items()},
@@ -205,6 +220,18 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
     return report
 
 
+def _label_maps(folder: Any, named: Sequence[tuple[str, Path]]) -> dict[str, torch.Tensor]:
+    """{image name: its label map} for the images that have one in ``folder`` (None: no masks)."""
+    if folder is None:
+        return {}
+    maps = {}
+    for name, path in named:
+        found = find_label_map(folder, path)
+        if found is not None:
+            maps[name] = load_label_map(found)
+    return maps
+
+
 def _means(records: list[dict[str, Any]]) -> dict[str, float | None]:
     means: dict[str, float | None] = {}
     for key in COLUMNS:
@@ -222,8 +249,14 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def _arrow(key: str) -> str:
+    if key == "lightness":
+        return "→0"
+    return "↑" if HIGHER_IS_BETTER.get(key, False) else "↓"
+
+
 def _header() -> str:
-    arrows = [f"{TITLES[k]} {'↑' if HIGHER_IS_BETTER.get(k, False) else '↓'}" for k in COLUMNS]
+    arrows = [f"{TITLES[k]} {_arrow(k)}" for k in COLUMNS]
     return "| method | " + " | ".join(arrows) + " | images |\n|---|" + "---:|" * (len(COLUMNS) + 1)
 
 
@@ -277,6 +310,12 @@ def render_markdown(report: dict[str, Any], methods: Sequence[Method], cfg: Any)
         "* **Gram** ↓: relative Gram-matrix distance to the style image, mean over relu1_1 … relu5_1 "
         "(0 = the style's feature statistics).",
         "* **content** ↓: relative feature distance to the photo at the content layer.",
+        "* **regional colour** ↓: with segmentation masks (content_masks=, style_masks=): for each region "
+        "covering at least 2% of both images, the 2-Wasserstein distance between Gaussians fitted to its CIELAB "
+        "colours in the output and in the style, averaged weighted by the region's area in the photo "
+        "(CIELAB units; 0 = each region has the style's colours).",
+        "* **ΔL\\* vs style**: the output's mean CIELAB lightness minus the style image's (negative = darker "
+        "than the style).",
         "* **s / image**: seconds per image, model loading excluded (for gatys and paper: the whole per-image "
         "optimization).",
         "",
@@ -369,7 +408,8 @@ def _wrap(draw: ImageDraw.ImageDraw, font: Any, title: str, tokens: Sequence[str
 def _metric_tokens(record: dict[str, Any] | None) -> list[str]:
     if record is None:
         return ["not run"]
-    return [f"{SHORT[k]} {_fmt(record[k])}" for k in METRIC_KEYS]
+    return [f"{SHORT[k]} {_fmt(record[k])}" for k in (*METRIC_KEYS, *STYLE_KEYS)
+            if k in METRIC_KEYS or record.get(k) is not None]
 
 
 def _grid(cells: list[list[tuple[Image.Image | None, str, list[str]]]], thumb: int) -> Image.Image:

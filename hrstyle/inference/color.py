@@ -74,7 +74,8 @@ def color_statistics(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean + shift[:, 0], cov
 
 
-def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix (negative eigenvalues, rounding noise, clamped to 0)."""
     values, vectors = torch.linalg.eigh(matrix)
     return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
 
@@ -94,9 +95,9 @@ def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[
     eye = torch.eye(3, dtype=torch.float64)
     # A small ridge: a flat or grey image has a singular covariance (no direction to stretch).
     cov_s, cov_t = cov_s.double() + 1e-5 * eye, cov_t.double() + 1e-5 * eye
-    root = _sqrtm(cov_s)
+    root = sqrtm_psd(cov_s)
     inv_root = torch.linalg.inv(root)
-    a = inv_root @ _sqrtm(root @ cov_t @ root) @ inv_root
+    a = inv_root @ sqrtm_psd(root @ cov_t @ root) @ inv_root
     a = strength * a + (1.0 - strength) * eye
     b = (mu_s.double() + strength * (mu_t.double() - mu_s.double())) - a @ mu_s.double()
     return a, b

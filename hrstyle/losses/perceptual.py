@@ -6,9 +6,18 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_lab
 from torch import nn
 
 from hrstyle.errors import UserError
+from hrstyle.losses.distributions import (
+    flatten_features,
+    mean_std,
+    mean_std_distance,
+    random_directions,
+    sliced_wasserstein,
+    target_samples,
+)
 from hrstyle.losses.photoreal import photorealism_residual
 from hrstyle.losses.vgg import VGGFeatures
 
@@ -17,6 +26,10 @@ PAPER_STYLE_LAYERS = {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1":
 #: The default: the paper's weights on the layers after the ReLU (Gatys et al.'s, and the evaluation's).
 #: Measured better on unseen photos (README "Styles that work on any photo", recipe E).
 DEFAULT_STYLE_LAYERS = {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4, "relu4_1": 0.8, "relu5_1": 1.6}
+#: How the style layers' features are compared with the style image's (``ContentStyleLoss``).
+STYLE_STATISTICS = ("gram", "mean_std", "sliced_wasserstein")
+#: Random projections per step of the CIELAB colour-distribution term (3-D colours: a few suffice).
+COLOR_PROJECTIONS = 16
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -57,6 +70,17 @@ class ContentStyleLoss(nn.Module):
             ripples and streaks. A training-time photorealism control.
         color_weight: weight of the mean-colour term (0 = off): the squared difference between
             each output's mean RGB and the style image's, relative to the latter's square.
+        style_statistic: what the style loss compares per layer: ``"gram"`` (the paper's Gram
+            matrices), ``"mean_std"`` (per-channel mean and standard deviation) or
+            ``"sliced_wasserstein"`` (the whole distribution of feature vectors along random
+            projections, Heitz et al. 2021; see ``hrstyle.losses.distributions``). The Gram matrix
+            of a smooth style photo is matched by darkening; the other two cannot be.
+        style_projections: random directions per layer and step for ``sliced_wasserstein``
+            (None: as many as the layer has channels).
+        color_distribution_weight: weight of the colour-distribution term (0 = off): the sliced
+            Wasserstein distance between the output's CIELAB colours and the style image's, relative
+            to the style's colour variance. It pulls every part of the colour distribution (the
+            brightest, the darkest, each hue) towards the style's, not only its mean.
         normalize: divide each layer's loss by the mean square of its target (content
             features, style Gram). Feature scales differ by orders of magnitude between
             layers and between loss networks (conv2_1 of the offline VGG16 has Gram entries
@@ -83,12 +107,20 @@ class ContentStyleLoss(nn.Module):
         normalize: bool = True,
         photoreal_weight: float = 0.0,
         color_weight: float = 0.0,
+        style_statistic: str = "gram",
+        style_projections: int | None = None,
+        color_distribution_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.style_layers = _layer_weights(style_layers, style_layer_weights)
+        if style_statistic not in STYLE_STATISTICS:
+            raise UserError(f"loss.style_statistic must be one of {', '.join(STYLE_STATISTICS)}, got {style_statistic!r}")
+        if style_projections is not None and style_projections < 1:
+            raise UserError(f"loss.style_projections must be >= 1 or null, got {style_projections}")
+        self.style_statistic, self.style_projections = style_statistic, style_projections
         term_weights = [("content_weight", content_weight), ("style_weight", style_weight),
                         ("tv_weight", tv_weight), ("photoreal_weight", photoreal_weight),
-                        ("color_weight", color_weight)]
+                        ("color_weight", color_weight), ("color_distribution_weight", color_distribution_weight)]
         for name, value in term_weights:
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
@@ -96,20 +128,33 @@ class ContentStyleLoss(nn.Module):
         self.normalize = normalize
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.photoreal_weight, self.color_weight = photoreal_weight, color_weight
+        self.color_distribution_weight = color_distribution_weight
         self.register_buffer("style_mean_color", None, persistent=False)
+        self.register_buffer("style_lab_samples", None, persistent=False)
         self.encoder = VGGFeatures([content_layer, *self.style_layers], arch=arch, weights=weights)
         for name in self.style_layers:
             self.register_buffer(_target_name(name), None, persistent=False)
+            self.register_buffer(_target_name(name) + "_std", None, persistent=False)
 
     @torch.no_grad()
     def set_style(self, style: torch.Tensor) -> None:
-        """Store the Gram matrices of a (1, 3, H, W) style image in [0, 1] as targets."""
+        """Store the style targets of a (1, 3, H, W) style image in [0, 1]: per style layer its Gram
+        matrix, its (mean, std) or its feature samples (``style_statistic``), and its colours."""
         if style.dim() != 4 or style.shape[0] != 1:
             raise ValueError(f"expected one (1, 3, H, W) style image, got {tuple(style.shape)}")
-        feats = self.encoder(style.to(self.encoder.mean.device))
+        style = style.to(self.encoder.mean.device).float()
+        feats = self.encoder(style)
         for name in self.style_layers:
-            setattr(self, _target_name(name), gram_matrix(feats[name]))
-        self.style_mean_color = style.to(self.encoder.mean.device).float().mean(dim=(2, 3))  # (1, 3)
+            if self.style_statistic == "gram":
+                setattr(self, _target_name(name), gram_matrix(feats[name]))
+            elif self.style_statistic == "mean_std":
+                mean, std = mean_std(feats[name])
+                setattr(self, _target_name(name), mean)
+                setattr(self, _target_name(name) + "_std", std)
+            else:
+                setattr(self, _target_name(name), target_samples(feats[name]))
+        self.style_mean_color = style.mean(dim=(2, 3))  # (1, 3)
+        self.style_lab_samples = target_samples(_lab(style))
 
     def style_targets(self) -> dict[str, torch.Tensor]:
         targets = {name: getattr(self, _target_name(name)) for name in self.style_layers}
@@ -117,8 +162,29 @@ class ContentStyleLoss(nn.Module):
             raise RuntimeError("ContentStyleLoss.set_style() must be called before computing the loss")
         return targets
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _layer_style_loss(self, name: str, features: torch.Tensor, target: torch.Tensor,
+                          generator: torch.Generator | None) -> torch.Tensor:
+        """One style layer's loss (mean over the batch), relative to its target's scale when normalizing."""
+        if self.style_statistic == "gram":
+            loss = F.mse_loss(gram_matrix(features), target.expand(features.shape[0], -1, -1))
+            scale = target.pow(2).mean()
+        elif self.style_statistic == "mean_std":
+            std = getattr(self, _target_name(name) + "_std")
+            loss = mean_std_distance(features, (target, std)).mean()
+            scale = (target.pow(2) + std.pow(2)).mean()
+        else:
+            channels = features.shape[1]
+            directions = random_directions(channels, self.style_projections or channels, generator, features.device)
+            loss = sliced_wasserstein(features, target, directions).mean()
+            scale = target.pow(2).mean()
+        return loss / scale.clamp_min(1e-12) if self.normalize else loss
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Losses of (N, 3, H, W) outputs in [0, 1] against their photos; ``seed`` fixes the random
+        projections of the sliced-Wasserstein terms (training passes the step, so a resumed run
+        draws the same ones; None: torch's global generator)."""
         targets = self.style_targets()
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         out_feats = self.encoder(output)
         with torch.no_grad():
             content_target = self.encoder(content)[self.content_layer]
@@ -128,11 +194,7 @@ class ContentStyleLoss(nn.Module):
             content_loss = content_loss / content_target.pow(2).mean().clamp_min(1e-12)
         style_loss = output.new_zeros((), dtype=torch.float32)
         for name, weight in self.style_layers.items():
-            target = targets[name]
-            layer_loss = F.mse_loss(gram_matrix(out_feats[name]), target.expand(output.shape[0], -1, -1))
-            if self.normalize:
-                layer_loss = layer_loss / target.pow(2).mean().clamp_min(1e-12)
-            style_loss = style_loss + weight * layer_loss
+            style_loss = style_loss + weight * self._layer_style_loss(name, out_feats[name], targets[name], generator)
         tv_loss = total_variation(output)
         loss = self.content_weight * content_loss + self.style_weight * style_loss + self.tv_weight * tv_loss
         terms = {"content_loss": content_loss, "style_loss": style_loss, "tv_loss": tv_loss}
@@ -146,7 +208,18 @@ class ContentStyleLoss(nn.Module):
             mean_color = output.float().mean(dim=(2, 3))
             terms["color_loss"] = (mean_color - self.style_mean_color).pow(2).mean() / self.style_mean_color.pow(2).mean().clamp_min(1e-6)
             loss = loss + self.color_weight * terms["color_loss"]
+        if self.color_distribution_weight > 0:
+            target = self.style_lab_samples
+            directions = random_directions(3, COLOR_PROJECTIONS, generator, output.device)
+            distance = sliced_wasserstein(_lab(output.float()), target, directions).mean()
+            terms["color_distribution_loss"] = distance / target.var(dim=1).mean().clamp_min(1e-6)
+            loss = loss + self.color_distribution_weight * terms["color_distribution_loss"]
         return {"loss": loss, **terms}
+
+
+def _lab(image: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] → (N, 3, H·W) CIELAB / 100 (L in [0, 1], a and b about [-1, 1])."""
+    return flatten_features(rgb_to_lab(image.clamp(0, 1))) / 100.0
 
 
 def _layer_weights(
@@ -174,4 +247,4 @@ def _layer_weights(
 
 
 def _target_name(layer: str) -> str:
-    return f"style_gram_{layer}"
+    return f"style_target_{layer}"

@@ -13,9 +13,14 @@ from torch import nn
 
 from hrstyle.data.images import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.errors import UserError
-from hrstyle.evaluation.metrics import StyleMetrics
+from hrstyle.evaluation.metrics import StyleMetrics, lightness_gap
+from hrstyle.evaluation.regional import load_label_map, regional_color_distance
 from hrstyle.inference.checkpoint import CHECKPOINT_KEY, style_color_entry
 from hrstyle.losses import ContentStyleLoss
+
+
+#: Long side of the ``regional`` photo at validation (the evaluation's default size).
+REGIONAL_SIZE = 384
 
 
 class StyleTransferModule(pl.LightningModule):
@@ -43,6 +48,11 @@ class StyleTransferModule(pl.LightningModule):
             inference (``hrstyle.inference.color.match_color``; 0 = none). The statistics
             themselves (taken from the style image as loaded here) are stored too.
         max_pixels: a larger style image is refused (see ``hrstyle.data.images.open_rgb``).
+        regional: optional ``{"content", "content_mask", "style_mask"}`` paths: a segmented photo
+            (never trained on, ideally) and label maps of it and of the style image. Validation then
+            also logs ``val/regional``, the evaluation's regional colour distance of the network's
+            output for that photo (``hrstyle.evaluation.regional``): whether each region moves towards
+            the matching region of the style. Masks are only measured, never trained on.
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class StyleTransferModule(pl.LightningModule):
         guided_radius: int = 0,
         color_match: float = 0.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        regional: dict[str, str | None] | None = None,
     ) -> None:
         super().__init__()
         self.generator = generator
@@ -81,16 +92,33 @@ class StyleTransferModule(pl.LightningModule):
             encoder = self.loss_fn.encoder
             self.metrics = StyleMetrics(encoder.arch, encoder.weights, self.loss_fn.content_layer)
             self.metrics.set_style(self.style)
+        self.regional = self._load_regional(regional or {}, max_pixels)
+
+    def _load_regional(self, paths: dict[str, str | None], max_pixels: int | None) -> tuple | None:
+        """(photo (1, 3, H, W), its labels, the style's labels) when all three paths are given."""
+        given = {k: paths.get(k) for k in ("content", "content_mask", "style_mask")}
+        if not any(given.values()):
+            return None
+        missing = [k for k, v in given.items() if not v]
+        if missing:
+            raise UserError(f"regional needs content, content_mask and style_mask; missing: {', '.join(missing)}")
+        for key, value in given.items():
+            if not Path(str(value)).expanduser().is_file():
+                raise UserError(f"regional.{key} not found: {value}")
+        photo = load_image(Path(str(given["content"])).expanduser(), max_size=REGIONAL_SIZE, max_pixels=max_pixels)
+        return (photo.unsqueeze(0), load_label_map(Path(str(given["content_mask"])).expanduser()),
+                load_label_map(Path(str(given["style_mask"])).expanduser()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)
 
-    def _losses(self, content: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _losses(self, content: torch.Tensor, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         output = self.generator(content)
-        return self.loss_fn(output, content), output
+        return self.loss_fn(output, content, seed=seed), output
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        losses, _ = self._losses(batch)
+        # The step seeds the loss's random projections: a resumed run draws the same ones.
+        losses, _ = self._losses(batch, seed=self.global_step)
         if not torch.isfinite(losses["loss"]):
             self._diverged("the loss is " + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=batch.shape[0])
@@ -100,10 +128,16 @@ class StyleTransferModule(pl.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        losses, output = self._losses(batch)
+        losses, output = self._losses(batch, seed=batch_idx)  # the same projections at every validation
         if self.metrics is not None:
             quality = self.metrics(output.float(), batch.float())
             losses.update({k: v.mean() for k, v in quality.items() if k != "content"})
+            losses["lightness"] = lightness_gap(output.float(), self.style).mean()  # < 0: darker than the style
+        if self.regional is not None and batch_idx == 0:
+            photo, content_labels, style_labels = self.regional
+            regional_output = self.generator(photo.to(self.device)).float().cpu()
+            losses["regional"] = torch.tensor(regional_color_distance(regional_output, self.style, content_labels,
+                                                                      style_labels), device=self.device)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.shape[0], sync_dist=True)
         if batch_idx == 0:
             self._preview_batch = batch[:8].detach().cpu()

@@ -88,6 +88,7 @@ def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule,
         guided_radius=cfg.style.get("guided_radius", 0),
         color_match=cfg.style.get("color_match", 0.0),
         max_pixels=max_pixels,
+        regional=OmegaConf.to_container(cfg.regional, resolve=True) if cfg.get("regional") else None,
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
