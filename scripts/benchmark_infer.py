@@ -1,7 +1,14 @@
 """Inference speed:  python scripts/benchmark_infer.py
 
-By default, two tables:
+By default, three tables:
 
+0. The whole ``scripts/infer.py`` command (fresh process: start-up, decoding, stylizing, encoding) on
+   generated 1, 12 and 24 MP JPEGs (``capvst_01.jpg`` resized), a photo style (``winter.pt``) and a
+   painterly one (``starry.pt``): wall time and peak RSS of the child process, the default
+   (``work_size`` 512: the network at 512 px, lifted to full resolution) against today's full-resolution
+   path (``work_size=null``) with the ratio; then the lift's own seconds per megapixel (in this process).
+   The full-resolution 12 and 24 MP runs take minutes and up to ~16 GiB: ``--no-baseline`` skips them,
+   ``--command-sizes 1`` keeps it quick, ``--command-sizes`` (nothing) skips the table.
 1. hrstyle's default path (``Stylizer`` with its defaults, which is what ``scripts/infer.py`` runs:
    ONNX Runtime on the CPU) against pytorch/examples' fast-neural-style ``TransformerNet`` (Johnson
    et al.; written below from its published description, eager fp32, random weights: its speed does
@@ -12,7 +19,8 @@ By default, two tables:
 
 The machine's load average is printed first: timings on a busy machine are slower.
 
-    python scripts/benchmark_infer.py                            # the two tables
+    python scripts/benchmark_infer.py                            # the three tables
+    python scripts/benchmark_infer.py --command-sizes 24 --no-baseline --no-peer --tile-cost   # 24 MP, new path only
     python scripts/benchmark_infer.py --memory [--backend eager] [--precisions fp32 bf16]
                                                                  # ms, MP/s, peak memory per size (fresh processes)
     python scripts/benchmark_infer.py --memory --sizes 6000x4000 --tile-size 1024   # 24 MP, tiled
@@ -27,7 +35,9 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from hrstyle.cli import restart_with_huge_pages
 
@@ -38,6 +48,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hrstyle.inference import Stylizer  # noqa: E402
+from hrstyle.inference.lift import downscale, lift, working_shape  # noqa: E402
+from hrstyle.inference.stylizer import DEFAULT_WORK_SIZE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Generated test photos: megapixels → (width, height), 4:3 like most cameras.
+COMMAND_SIZES = {1: (1152, 864), 12: (4000, 3000), 24: (6000, 4000)}
+COMMAND_STYLES = ["checkpoints/winter.pt", "checkpoints/starry.pt"]
+COMMAND_SOURCE = ROOT.parent / "shared" / "data" / "content" / "capvst_01.jpg"
 
 DEFAULT_SIZES = ["512x512", "1024x1024", "2048x2048", "4096x2160"]
 PEER_SIZES = ["512x512", "1024x1024", "2048x2048"]
@@ -115,7 +133,8 @@ def peer_report(args: argparse.Namespace) -> None:
     stylizer = Stylizer(args.checkpoint)
     torch.manual_seed(0)
     peer = TransformerNet().eval()
-    print(f"hrstyle default path: backend {stylizer.backend} on {stylizer.device}; TransformerNet: eager fp32")
+    print(f"\nhrstyle default path ({args.checkpoint}, work_size {stylizer.work_size}): backend {stylizer.backend} "
+          f"on {stylizer.device}; TransformerNet: eager fp32 at full resolution")
     stylizer.stylize_tensor(_smooth_image(256, 256))  # one warm-up at another size: no size is pre-compiled
     with torch.inference_mode():
         peer(_smooth_image(256, 256))
@@ -136,9 +155,86 @@ def peer_report(args: argparse.Namespace) -> None:
               f"{tw / ow:.2f}× | {tc / oc:.2f}× |", flush=True)
 
 
+def make_photo(size: tuple[int, int], folder: Path) -> Path:
+    """A camera-sized JPEG (quality 92): ``COMMAND_SOURCE`` resized to ``size`` = (width, height)."""
+    from PIL import Image
+
+    path = folder / f"photo_{size[0]}x{size[1]}.jpg"
+    if not path.is_file():
+        with Image.open(COMMAND_SOURCE) as img:
+            img.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(path, quality=92)
+    return path
+
+
+def run_command(photo: Path, checkpoint: str, work_size: int | None, folder: Path) -> tuple[float, float, str]:
+    """``scripts/infer.py`` on ``photo`` in a fresh process → (wall seconds, peak RSS GiB, error or "")."""
+    out = folder / f"out_{photo.stem}_{Path(checkpoint).stem}_{work_size}.jpg"
+    cmd = [sys.executable, str(ROOT / "scripts" / "infer.py"), str(photo), f"checkpoint={checkpoint}", f"output={out}",
+           f"work_size={'null' if work_size is None else work_size}", f"hydra.run.dir={folder / 'hydra'}"]
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        # wait4: this child's own peak RSS (it re-executes itself in place for huge pages: the same process).
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        error = (err.read().strip().splitlines() or ["failed"])[-1] if child.returncode else ""
+    return wall, usage.ru_maxrss / 2**20, error
+
+
+def command_report(args: argparse.Namespace) -> None:
+    """The whole infer.py command: new default against today's full-resolution path, per size and style."""
+    folder = Path(tempfile.mkdtemp(prefix="hrstyle_bench_"))
+    print(f"\nThe whole scripts/infer.py command (fresh process, JPEG in and out; peak RSS of the child); "
+          f"default work_size {DEFAULT_WORK_SIZE} against work_size=null (today's full-resolution path).")
+    for checkpoint in args.command_styles:  # the ONNX export (once per checkpoint) before anything is timed
+        run_command(make_photo((64, 48), folder), checkpoint, None, folder)
+    print("| photo | style | default: wall | peak RSS | work_size=null: wall | peak RSS | speed-up | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mp in args.command_sizes:
+        size = COMMAND_SIZES.get(mp) or (round((mp * 1e6 * 4 / 3) ** 0.5), round((mp * 1e6 * 3 / 4) ** 0.5))
+        photo = make_photo(size, folder)
+        for checkpoint in args.command_styles:
+            new = run_command(photo, checkpoint, DEFAULT_WORK_SIZE, folder)
+            old = run_command(photo, checkpoint, None, folder) if args.baseline else None
+            row = f"| {size[0]}×{size[1]} ({mp} MP) | {Path(checkpoint).stem} | {_cell(new)} | "
+            row += f"{_cell(old)} | " if old else "skipped | | "
+            ok = old and not new[2] and not old[2]
+            row += f"{old[0] / new[0]:.1f}× | {old[1] / new[1]:.1f}× |" if ok else " | |"
+            print(row, flush=True)
+    lift_report(args)
+
+
+def _cell(result: tuple[float, float, str]) -> str:
+    wall, peak, error = result
+    return f"failed: {error} | " if error else f"{wall:.1f} s | {peak:.2f} GiB"
+
+
+def lift_report(args: argparse.Namespace) -> None:
+    """The lift alone (fit at the working resolution, upsample, apply) on the generated photos' sizes."""
+    print(f"\nThe lift alone (winter.pt's radius 8; fit at {DEFAULT_WORK_SIZE} px, applied at full resolution), "
+          f"best of {args.repeats}, {torch.get_num_threads()} threads:")
+    print("| photo | lift | per megapixel |")
+    print("|---|---|---|")
+    for mp in args.command_sizes:
+        width, height = COMMAND_SIZES.get(mp) or (round((mp * 1e6 * 4 / 3) ** 0.5), round((mp * 1e6 * 3 / 4) ** 0.5))
+        photo = _smooth_image(height, width)
+        small = downscale(photo, working_shape(height, width, DEFAULT_WORK_SIZE))
+        stylized = small.flip(1)  # any output: the cost does not depend on it
+        out = torch.empty_like(photo)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            lift(photo, small, stylized, 8, out=out)
+            times.append(time.perf_counter() - t0)
+        print(f"| {width}×{height} | {min(times):.2f} s | {min(times) / (height * width / 1e6):.3f} s/MP |", flush=True)
+        del photo, out
+
+
 def tile_cost_report(args: argparse.Namespace) -> None:
     """Exact tiling against an untiled forward, default backend, best of --repeats."""
-    untiled = Stylizer(args.checkpoint, tile_size=0)
+    untiled = Stylizer(args.checkpoint, tile_size=0, work_size=None)  # the network at full resolution
     print(f"\nExact tiling, backend {untiled.backend}: tiled against untiled, wall (CPU) seconds, best of {args.repeats}")
     print("| image | tile | tiles | untiled | tiled | cost | max abs diff |")
     print("|---|---|---|---|---|---|---|")
@@ -148,7 +244,7 @@ def tile_cost_report(args: argparse.Namespace) -> None:
         size, tile = spec.split(":")
         h, w = parse_size(size)
         image = _smooth_image(h, w, seed=1)
-        tiled = Stylizer(args.checkpoint, tile_size=int(tile))
+        tiled = Stylizer(args.checkpoint, tile_size=int(tile), work_size=None)
         tiled.stylize_tensor(_smooth_image(int(tile) + 64, int(tile) + 64))  # sessions of the tiled passes
         a_times, b_times, cpu_a, cpu_b = [], [], [], []
         for _ in range(args.repeats):
@@ -175,7 +271,8 @@ def measure(args: argparse.Namespace, size: str, precision: str) -> dict:
     """Time one size in this process; returns the figures as a dict."""
     torch.manual_seed(0)
     stylizer = Stylizer(args.checkpoint, device=args.device, precision=precision, tile_size=args.tile_size,
-                        channels_last=args.channels_last, compile=args.compile, backend=args.backend)
+                        channels_last=args.channels_last, compile=args.compile, backend=args.backend,
+                        work_size=None)  # the network's own cost at each size
     h, w = parse_size(size)
     # A smooth random image: realistic enough for timing (the cost does not depend on content).
     image = torch.nn.functional.interpolate(torch.rand(1, 3, h // 16 + 1, w // 16 + 1), size=(h, w), mode="bilinear")
@@ -203,7 +300,7 @@ def tiling_report(args: argparse.Namespace) -> None:
     """Max/mean |tiled - untiled| on real photos that fit untiled."""
     from hrstyle.data import load_image
 
-    stylizer = Stylizer(args.checkpoint, device=args.device, tile_size=0)
+    stylizer = Stylizer(args.checkpoint, device=args.device, tile_size=0, work_size=None)
     for path in args.photos:
         image = load_image(path, max_size=args.tiling_max_size).unsqueeze(0)
         untiled = stylizer.stylize_tensor(image)
@@ -237,6 +334,13 @@ def main() -> None:
     parser.add_argument("--tiling", action="store_true", help="report tiled vs untiled differences instead")
     parser.add_argument("--photos", nargs="+", default=["../shared/data/content/fps_content1.png"])
     parser.add_argument("--tiling-max-size", type=int, default=1600)
+    parser.add_argument("--command-sizes", type=int, nargs="*", default=[1, 12, 24],
+                        help="megapixels of the generated JPEGs for the whole-command table (nothing: skip it)")
+    parser.add_argument("--command-styles", nargs="+", default=COMMAND_STYLES, help="checkpoints for that table")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run today's full-resolution path (work_size=null; minutes and GiBs at 12/24 MP)")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                        help="the TransformerNet peer table")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one size:precision, print JSON
     args = parser.parse_args()
     gpu = torch.cuda.is_available() and args.device != "cpu"
@@ -253,7 +357,10 @@ def main() -> None:
         return
     print(machine_line())
     if not args.memory:
-        peer_report(args)
+        if args.command_sizes:
+            command_report(args)
+        if args.peer:
+            peer_report(args)
         if args.tile_cost:
             tile_cost_report(args)
         return

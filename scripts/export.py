@@ -1,6 +1,8 @@
 """Export a trained generator to TorchScript and ONNX:  python scripts/export.py checkpoint=... [key=value ...]
 
 See configs/export.yaml for the options; files go to outputs/export/ unless output_dir=... is given.
+The files hold the network alone: to stylize camera-sized photos as scripts/infer.py does, run it at a
+working resolution and apply the lift (hrstyle/inference/export.py says how, in a few lines).
 """
 
 import hydra

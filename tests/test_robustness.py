@@ -459,4 +459,4 @@ def test_a_genuine_400_megapixel_image_opens_when_allowed_and_is_tiled(tmp_path,
     big = _write(tmp_path / "big.png", "bomb")
     img = open_rgb(big, max_pixels=None)
     assert img.size == (20000, 20000)
-    assert Stylizer(tiny_checkpoint, device="cpu").needs_tiling(20000, 20000)
+    assert Stylizer(tiny_checkpoint, device="cpu", work_size=None).needs_tiling(20000, 20000)

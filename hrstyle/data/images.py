@@ -146,10 +146,10 @@ def read_size(path: str | os.PathLike, max_size: int | None = None) -> tuple[int
                     w, h = h, w
     except Exception:  # noqa: BLE001 - any unreadable header: let the decoder say why
         return None
-    return _long_side_size(w, h, max_size) if max_size and max(w, h) > max_size else (w, h)
+    return long_side_size(w, h, max_size) if max_size and max(w, h) > max_size else (w, h)
 
 
-def _long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) scaled so the longer side is ``size``, keeping the aspect ratio."""
     scale = size / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -157,7 +157,7 @@ def _long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     """Resize (antialiased) so the longer side is ``size`` pixels, keeping the aspect ratio."""
-    return img.resize(_long_side_size(*img.size, size), Image.Resampling.LANCZOS)
+    return img.resize(long_side_size(*img.size, size), Image.Resampling.LANCZOS)
 
 
 def save_image_atomic(img: Image.Image, path: str | os.PathLike, protect: Iterable[Path] = (), **save_kwargs) -> Path:

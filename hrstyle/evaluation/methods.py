@@ -160,10 +160,10 @@ def own_style_image(meta: dict[str, Any]) -> Path | None:
 def _checkpoint_method(path: Path, device: torch.device, name: str | None = None, defaults: bool = False) -> Method:
     from hrstyle.inference import Stylizer
 
-    # Untiled at evaluation size. By default the network's own output, none of the checkpoint's
+    # Untiled. By default the network's own output at the evaluation size, none of the checkpoint's
     # post-processing (append +guided for the photorealism control, +color for the colour match);
     # with ``defaults`` exactly what inference does with the checkpoint's recommendations.
-    off = {} if defaults else {"guided_radius": 0, "color_match": 0.0}
+    off = {} if defaults else {"guided_radius": 0, "color_match": 0.0, "work_size": None}
     stylizer = Stylizer(path, device=str(device), tile_size=0, **off)
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

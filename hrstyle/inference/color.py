@@ -103,13 +103,25 @@ def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[
     return a, b
 
 
-def match_color(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0) -> torch.Tensor:
+#: Pixels per band of ``match_color``: each band's temporary stays a few MB however large the image.
+_MATCH_BAND_PIXELS = 1 << 18
+
+
+def match_color(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0,
+                inplace: bool = False) -> torch.Tensor:
     """Give ``image`` the colour statistics ``target`` = (mean (3,), cov (3, 3)) of a style.
 
     ``image`` is one (3, H, W) or (1, 3, H, W) RGB image in [0, 1] (its statistics are taken over
-    all of it); returns a new tensor of the same shape and dtype, clamped to [0, 1].
+    all of it); returns a tensor of the same shape and dtype, clamped to [0, 1]: a new one, or
+    ``image`` itself with ``inplace`` (no second full-size copy: 288 MB at 24 MP). Applied in bands
+    of rows.
     """
     a, b = color_transfer_map(color_statistics(image), target, strength)
     a, b = a.to(image.device, image.dtype), b.to(image.device, image.dtype)
-    out = torch.einsum("ij,...jhw->...ihw", a, image).add_(b[:, None, None])
-    return out.clamp_(0, 1)
+    out = image if inplace else torch.empty_like(image)
+    rows = max(1, _MATCH_BAND_PIXELS // image.shape[-1])
+    for top in range(0, image.shape[-2], rows):
+        band = image[..., top:top + rows, :]
+        mapped = torch.einsum("ij,...jhw->...ihw", a, band).add_(b[:, None, None]).clamp_(0, 1)
+        out[..., top:top + rows, :] = mapped
+    return out

@@ -20,6 +20,27 @@ What they need at run time:
       (stylized,) = session.run(None, {"image": image})  # numpy float32 arrays
 
   Batch, height and width are dynamic axes named ``batch``, ``height``, ``width``.
+
+Large photos: run the network at a working resolution and lift (what ``Stylizer`` does by
+default, ``work_size=512``; ``hrstyle.inference.lift``). The exported network is only the first
+step; a deployment does the rest in a few lines of array code:
+
+1. ``small`` = the photo resized (antialiased) so its long side is ``work_size`` (never upscaled).
+2. ``styled`` = the network on ``small``, clamped to [0, 1].
+3. Painterly styles (``guided_radius`` 0 in the checkpoint): upsample ``styled`` bilinearly to the
+   photo's size. Photo styles: the fast guided filter (He & Sun 2015) with radius ``r`` = the
+   checkpoint's ``guided_radius`` (in working-resolution pixels) and ``eps`` = 1e-3. At the working
+   resolution, with box means ``mean(.)`` over (2r+1)² windows (reflected borders): ``Σ`` = the
+   3×3 local covariance of ``small``, ``C`` = the local cross-covariance of ``styled`` with
+   ``small``; ``A = C(Σ + eps·I)⁻¹`` and ``b = mean(styled) − A·mean(small)`` per pixel (He et
+   al.'s guided-filter coefficients); then ``A``, ``b`` box-averaged once more, upsampled
+   bilinearly (half-pixel centres, ``align_corners=False``) to the photo's size, and
+   ``out = clamp(A(x)·photo(x) + b(x), 0, 1)``.
+4. The checkpoint's colour match (its ``color_match`` strength towards ``style_color``), as
+   ``hrstyle.inference.color.match_color``.
+
+Step 3 costs about 12 multiply-adds per pixel and channel at full resolution and can run in bands
+of rows; ``hrstyle.inference.lift.lift`` is the reference implementation.
 """
 
 from __future__ import annotations

@@ -176,11 +176,16 @@ def stylize_files(
         pending_writes: list[tuple[int, Job, Future]] = []
         for batch in _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pixels):
             t0 = time.perf_counter()
-            stacked = torch.stack([x for _, _, x, _ in batch])
+            # One photo needs no stacked copy (a 24 MP photo is 288 MB of float32).
+            stacked = batch[0][2][None] if len(batch) == 1 else torch.stack([x for _, _, x, _ in batch])
             outputs = stylizer.stylize_tensor(stacked)
             per_image = (time.perf_counter() - t0) / len(batch)
-            for (index, job, x, icc), out in zip(batch, outputs):
-                h, w = x.shape[-2:]
+            h, w = stacked.shape[-2:]
+            done = [(index, job, icc) for index, job, _, icc in batch]
+            # Free the photos before their results are encoded (the reader holds this list too).
+            del stacked
+            batch.clear()
+            for (index, job, icc), out in zip(done, outputs):
                 summary.megapixels += h * w / 1e6
                 log(f"[{index + 1}/{n}] {job.src} ({w}x{h}) -> {job.dst}  {per_image * 1000:.0f} ms"
                     + ("  (tiled)" if stylizer.needs_tiling(h, w) else ""))
@@ -199,9 +204,9 @@ def stylize_files(
 def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pixels) -> Iterator[list]:
     """Decoded images in order, grouped into same-size batches; decoding runs ahead.
 
-    Up to ``2 * batch_size`` images are decoded ahead, but an image the memory budget tiles
-    (its size read from the header, before decoding) is large: the read-ahead then holds
-    one image, never several tiled ones at once.
+    Up to ``2 * batch_size`` images are decoded ahead, but an image that runs alone (the memory
+    budget tiles it, or it is too large to share a call: its size read from the header, before
+    decoding) is large: the read-ahead then holds one image, never several large ones at once.
     """
     queue: deque[tuple[int, Job, Future, bool]] = deque()
     todo = deque((index, job, None) for index, job in enumerate(jobs))
@@ -212,7 +217,8 @@ def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pi
             index, job, large = todo[0]
             if large is None:  # header read once per file
                 size = read_size(job.src, max_size)
-                large = size is not None and stylizer.needs_tiling(size[1], size[0])
+                large = size is not None and (stylizer.needs_tiling(size[1], size[0])
+                                              or stylizer.batch_limit(size[1], size[0]) <= 1)
                 todo[0] = (index, job, large)
             if queue and (large or any(item[3] for item in queue)):
                 return
@@ -226,6 +232,7 @@ def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pi
         refill()
         try:
             image, icc = future.result()
+            del future  # it holds the photo too: let the batch's owner free it
         except UserError as exc:
             summary.failed.append(str(exc))
             log(f"[{index + 1}/{len(jobs)}] skipped: {exc}")
@@ -236,6 +243,7 @@ def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pi
             yield batch
             batch = []
         batch.append((index, job, image, icc))
+        del image
         if stylizer.needs_tiling(h, w) or len(batch) >= limit:  # full: run it now
             yield batch
             batch = []

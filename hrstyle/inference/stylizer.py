@@ -15,12 +15,27 @@ from hrstyle.data.images import pil_to_tensor, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
 from hrstyle.inference.color import apply_strength, match_color, preserve_color
+from hrstyle.inference.lift import downscale, lift, upsample, working_shape
 from hrstyle.inference.memory import GIB, TilingPlan, default_budget, plan_tiling
 from hrstyle.inference.photoreal import guided_filter
 from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("auto", "onnx", "eager")
+
+#: Long side (px) at which the network runs by default. Measured on the shipped photo style
+#: (README "Working resolution"): quality flat from 256 to 1024 px at the common size, seconds grow with the pixels.
+DEFAULT_WORK_SIZE = 512
+#: Smallest working resolution accepted: below it the network (trained on 128 px crops) and the
+#: guided filter's windows see almost nothing of the scene.
+MIN_WORK_SIZE = 16
+#: Photos larger than the working resolution share one call only up to this many full-resolution
+#: pixels: each holds its float32 photo and result (24 bytes per pixel) until it is written.
+LIFT_BATCH_PIXELS = 8_000_000
+#: Above this many full-resolution pixels, ONNX Runtime's memory arena (~0.4 GiB after a 512 px forward) is
+#: given back before the lift: the photo, its result and their encoding then hold the memory, and a new
+#: arena for the next photo costs ~0.15 s (24 MP: 1.65 → ~1.25 GiB peak for the whole command).
+RELEASE_ARENA_PIXELS = 4_000_000
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -41,6 +56,15 @@ class Stylizer:
 
     Args:
         checkpoint: a ``.ckpt`` from ``scripts/train.py`` or a compact ``.pt``.
+        work_size: the long side (px) at which the network runs; larger photos are downscaled
+            (antialiased) to it, smaller ones run at their size (never upscaled). A photo style
+            (``guided_radius`` > 0) is then lifted to full resolution (``lift.lift``: the guided
+            filter's local colour transforms, fitted at the working resolution with radius
+            ``guided_radius`` in working-resolution pixels, applied to the full-resolution photo),
+            so the result keeps every pixel of the photo's detail; a painterly style
+            (``guided_radius`` 0) is upsampled bilinearly (its strokes at the scale the network
+            paints them at the working resolution). None: the network runs at full resolution
+            (tiled when large), as before this option; the guided filter then runs there too.
         device: "auto", "cpu", "cuda", "cuda:1", ...
         precision: "fp32", or "bf16"/"fp16" (autocast; GPU. bf16 also runs on CPU).
         tile_size: images with more than tile_size² pixels are processed in tiles of
@@ -105,6 +129,7 @@ class Stylizer:
         tile_cache_mb: int | None = None,
         color_match: float | None = None,
         memory_gb: float | None = None,
+        work_size: int | None = DEFAULT_WORK_SIZE,
     ) -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -118,6 +143,12 @@ class Stylizer:
             raise UserError(f"guided_radius must be >= 0 and guided_eps > 0, got {guided_radius} and {guided_eps}")
         if color_match is not None and not 0.0 <= color_match <= 1.0:
             raise UserError(f"color_match must be in [0, 1], got {color_match}")
+        if work_size is not None and (isinstance(work_size, bool) or not isinstance(work_size, int)
+                                      or work_size < MIN_WORK_SIZE):
+            raise UserError(f"work_size must be an integer >= {MIN_WORK_SIZE} (the long side in pixels at which "
+                            f"the network runs) or null for full resolution, got {work_size!r}")
+        #: Long side at which the network runs (None: full resolution).
+        self.work_size = work_size
         if memory_gb is not None and not memory_gb > 0:
             raise UserError(f"memory_gb must be > 0 (or null for three quarters of the available memory), got {memory_gb}")
         self.device = pick_device(device)
@@ -199,8 +230,14 @@ class Stylizer:
         with autocast:
             return net(x)
 
+    def working_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) at which the network runs for an (H, W) photo (``work_size``)."""
+        return working_shape(height, width, self.work_size)
+
     def plan(self, height: int, width: int) -> TilingPlan:
-        """How an (H, W) image runs: untiled (and how many per forward) or the tile size and stage cache."""
+        """How the network runs for an (H, W) photo, at its working shape: untiled (and how many per
+        forward) or the tile size and stage cache."""
+        height, width = self.working_shape(height, width)
         if self.memory_bytes is None:  # eager: tile_size alone decides, batches as given
             tiled = bool(self.tile_size) and height * width > self.tile_size * self.tile_size
             return TilingPlan(self.tile_size if tiled else 0, 1 if tiled else 1 << 30, 0, 0)
@@ -213,8 +250,12 @@ class Stylizer:
         return self.plan(height, width).tile_size > 0
 
     def batch_limit(self, height: int, width: int) -> int:
-        """How many same-size images may share one forward (the memory budget's limit)."""
-        return self.plan(height, width).batch
+        """How many same-size (H, W) photos may share one call (the memory budget's limit; for photos
+        above the working resolution also ``LIFT_BATCH_PIXELS`` of full-resolution images)."""
+        batch = self.plan(height, width).batch
+        if self.working_shape(height, width) != (height, width):
+            batch = min(batch, max(1, LIFT_BATCH_PIXELS // (height * width)))
+        return batch
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
@@ -224,6 +265,23 @@ class Stylizer:
         if images.dim() != 4 or images.shape[1] != 3:
             raise UserError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
         images = images.float()
+        h, w = images.shape[-2:]
+        size = self.working_shape(h, w)
+        if size == (h, w):  # full resolution: the network, then the guided filter there
+            return self.postprocess(self._network(images), images.cpu())
+        photo = images.cpu()
+        small = downscale(photo, size)
+        stylized = self._network(small).clamp_(0, 1)
+        if self._ort is not None and h * w > RELEASE_ARENA_PIXELS:
+            self._ort._release_arena()
+        if self.guided_radius:  # a photo style: its local colour transforms, applied to the full photo
+            out = lift(photo, small, stylized, self.guided_radius, self.guided_eps)
+        else:  # a painterly style: its strokes as painted at the working resolution
+            out = upsample(stylized, (h, w)).clamp_(0, 1)
+        return self.finish(out, photo)
+
+    def _network(self, images: torch.Tensor) -> torch.Tensor:
+        """The generator on (N, 3, H, W) float images in [0, 1], tiled as planned → float32 on the CPU."""
         h, w = images.shape[-2:]
         if self._ort is not None:
             plan = self.plan(h, w)
@@ -242,17 +300,23 @@ class Stylizer:
             out = torch.cat(outs)
         else:
             out = self._forward(images).float().cpu()
-        return self.postprocess(out, images.cpu())
+        return out
 
     def postprocess(self, stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """Apply the guided filter, the style's colour statistics, colour preservation and strength. Works in place on
-        ``stylized`` (a fresh output) where it can: a 24 MP image is 288 MB per float copy."""
+        """The network's full-resolution output → the result: the guided filter, then ``finish``."""
         out = stylized.clamp_(0, 1)
         if self.guided_radius:
             out = guided_filter(out, original, self.guided_radius, self.guided_eps)
+        return self.finish(out, original)
+
+    def finish(self, stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """Apply the style's colour statistics, colour preservation and strength to a full-resolution
+        result in [0, 1] (both (N, 3, H, W) on the CPU). Works in place on ``stylized`` (a fresh output)
+        where it can: a 24 MP image is 288 MB per float copy."""
+        out = stylized
         if self.style_color is not None:
             for i in range(out.shape[0]):  # each image from its own statistics; `out` is a fresh tensor
-                out[i] = match_color(out[i], self.style_color, self.color_match)
+                match_color(out[i:i + 1], self.style_color, self.color_match, inplace=True)
         if self.preserve_color:
             out = preserve_color(out, original)
         return apply_strength(out, original, self.strength)
@@ -261,3 +325,4 @@ class Stylizer:
         if isinstance(image, Image.Image):
             return tensor_to_pil(self.stylize_tensor(pil_to_tensor(image)))
         return self.stylize_tensor(image)
+
