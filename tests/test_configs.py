@@ -67,6 +67,10 @@ def test_default_recipe_and_the_papers():
     paper = compose_train(["experiment=paper", "data.content=photo.jpg"])
     assert paper.model.output == "image"
     assert paper.optimizer.lr == 5e-3 and paper.scheduler.step_size == 200 and paper.scheduler.gamma == 0.9
+    assert paper.loss.style_statistic == "gram" and paper.loss.color_distribution_weight == 0
+    assert list(paper.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+    # Photo styles: feature distributions and the CIELAB colour term (docs/recipes.md).
+    assert cfg.loss.style_statistic == "sliced_wasserstein" and cfg.loss.color_distribution_weight == 10
     quick = compose_train(["experiment=cpu_quick", "style=custom", "style.image=x.jpg"])
     assert quick.model.output == "residual" and quick.trainer.max_steps == 600
     assert quick.loss.style_weight == 10 and quick.loss.photoreal_weight == 10
@@ -77,6 +81,7 @@ def test_default_recipe_and_the_papers():
         assert painterly.loss.photoreal_weight == 0 and painterly.style.guided_radius == 0
         assert painterly.style.color_match == 0
         assert list(painterly.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+        assert painterly.loss.style_statistic == "gram" and painterly.loss.color_distribution_weight == 0
     assert compose_train(["style=starry"]).loss.style_weight == 3
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 8
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 0.5

@@ -268,5 +268,3 @@ def test_darkening_a_photo_darker_than_the_style_raises_the_colour_distribution_
     loss.set_style(style)
     terms = [loss(photo * gain, photo, seed=0)["color_distribution_loss"].item() for gain in (1.0, 0.8, 0.6)]
     assert terms[0] < terms[1] < terms[2]
-    brighter = loss((photo * 1.2).clamp(0, 1), photo, seed=0)["color_distribution_loss"].item()
-    assert brighter < terms[0]  # the snowy style is paler than the green valley
