@@ -84,7 +84,7 @@ def test_default_recipe_and_the_papers():
         assert painterly.loss.style_statistic == "gram" and painterly.loss.color_distribution_weight == 0
     assert compose_train(["style=starry"]).loss.style_weight == 3
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 8
-    assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 0.5
+    assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 1.0
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     # The paper's layer weights on the post-ReLU layers (recipe E of the README's ablation).
