@@ -19,12 +19,11 @@ from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
 from hrstyle.data.images import save_image_atomic  # noqa: E402
 from hrstyle.data.samples import sample_image  # noqa: E402
 from hrstyle.inference import Stylizer, plan_many, stylize_files  # noqa: E402
-from hrstyle.inference.stylizer import DEFAULT_WORK_SIZE  # noqa: E402
 
 
 def run(cfg: DictConfig) -> int:
     stylizer = Stylizer(
-        cfg.checkpoint, device=cfg.device, work_size=cfg.get("work_size", DEFAULT_WORK_SIZE),
+        cfg.checkpoint, device=cfg.device, work_size=cfg.work_size,
         precision=cfg.precision, tile_size=cfg.tile_size,
         tile_margin=cfg.tile_margin, strength=cfg.strength, preserve_color=cfg.preserve_color,
         channels_last=cfg.channels_last, compile=cfg.compile,

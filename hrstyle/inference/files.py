@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from hrstyle.data.images import (
     DEFAULT_MAX_PIXELS,

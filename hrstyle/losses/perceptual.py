@@ -74,7 +74,9 @@ class ContentStyleLoss(nn.Module):
             matrices), ``"mean_std"`` (per-channel mean and standard deviation) or
             ``"sliced_wasserstein"`` (the whole distribution of feature vectors along random
             projections, Heitz et al. 2021; see ``hrstyle.losses.distributions``). The Gram matrix
-            of a smooth style photo is matched by darkening; the other two cannot be.
+            of a smooth style photo is matched by darkening; a centred statistic or a distribution rewards it
+            less, and the colour-distribution term not at all. The Python default is the paper's Gram;
+            ``configs/loss/`` (the training default for photo styles) sets ``sliced_wasserstein``.
         style_projections: random directions per layer and step for ``sliced_wasserstein``
             (None: as many as the layer has channels).
         color_distribution_weight: weight of the colour-distribution term (0 = off): the sliced
