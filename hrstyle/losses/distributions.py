@@ -4,7 +4,8 @@ The Gram matrix is an uncentred second moment: a smooth, low-contrast style phot
 energy in the shallow layers than a detailed content photo, and the cheapest way to lower the
 distance to it is to darken the whole picture (``docs/recipes.md``). A centred statistic or the whole
 distribution is not lowered by a uniform darkening as such (a darker photo still has less texture, which they
-do see); applied to CIELAB colours, the distribution is a target darkening only moves away from:
+do see); applied to CIELAB colours, the distribution is a target that darkening a photo already darker
+than the style only moves away from:
 
 * ``mean_std_distance``: per-channel mean and standard deviation of the features (Huang & Belongie's
   AdaIN statistics);
