@@ -21,6 +21,15 @@ SHARED_STYLES = SHARED / "data" / "styles"
 needs_shared = pytest.mark.skipif(not OFFLINE_VGG16.is_file(), reason="../shared (offline VGG16, photos) not present")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_budget():
+    """Each test starts without a process memory budget (a memory_gb of one test must not plan the next's)."""
+    yield
+    from hrstyle.inference import memory
+
+    memory._process_budget = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     warnings.filterwarnings("ignore", message="VGG loss network with random weights")
 

@@ -47,3 +47,15 @@ class PoisonAtStep(Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.generator.parameters()).fill_(float("nan"))
+
+
+class SignalAtStep(Callback):
+    """Send ``signum`` (a name: SIGTERM, SIGUSR1) to the training process when it is about to run step
+    ``step``, as a scheduler preempting the job would."""
+
+    def __init__(self, step: int, signum: str = "SIGTERM") -> None:
+        self.step, self.signum = step, getattr(signal, signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

@@ -126,7 +126,7 @@ def test_batches_never_exceed_the_budget(tiny_checkpoint, tmp_path, monkeypatch)
     in one batch would need about 40 GB)."""
     stylizer = Stylizer(tiny_checkpoint, device="cpu", cache_dir=tmp_path / "cache")
     monkeypatch.setattr(memory, "RUNTIME_BYTES", 0)
-    stylizer.memory_bytes = memory.untiled_bytes(2 * 40 * 30)  # room for two 40×30 images per forward
+    memory.process_budget(memory.untiled_bytes(2 * 40 * 30) / memory.GIB)  # room for two 40×30 images per forward
     assert stylizer.batch_limit(30, 40) == 2
     src = tmp_path / "in"
     for i in range(5):

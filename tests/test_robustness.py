@@ -4,11 +4,13 @@ continuation. The README table "Bad input: what you see" is covered row by row h
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,11 +26,12 @@ from PIL import Image
 from conftest import ROOT, random_photo
 from hrstyle.cli import hydra_argv
 from hrstyle.data.datamodule import ContentDataModule, RandomCrops
-from hrstyle.data.images import load_image, open_rgb
+from hrstyle.data.images import load_image, open_rgb, save_image_atomic
 from hrstyle.errors import UserError
 from hrstyle.inference import Stylizer, plan_many, stylize_files
 from hrstyle.inference.files import Job
 from hrstyle.losses import ContentStyleLoss
+from hrstyle.training.preemption import EXIT_INTERRUPTED, resume_command
 from hrstyle.training.train import train
 from test_configs import compose_train
 from test_train import FAST
@@ -228,6 +231,56 @@ def test_infer_takes_plain_paths_with_spaces_and_accents(tmp_path, tiny_checkpoi
     assert (tmp_path / "o2" / "My Photo ü.jpg").is_file()
 
 
+#: File names a filesystem allows that Hydra's grammar, the shell or glob would read otherwise.
+ODD_NAMES = ["photo[1].jpg", "{x}.png", "a=b,c.jpg", "-lead.png", "~tilde.jpg", "${HOME}.png", "(1) é.jpg"]
+
+
+def test_every_file_name_a_person_can_have(tmp_path, tiny_checkpoint):
+    """Files and a folder with []{}=, and a leading - or ~, through input=, positional arguments and output=;
+    an existing name is never read as a glob, and a glob that matches nothing says so."""
+    src = tmp_path / "in [a] {b}=c,d"
+    photos = [random_photo(src / name, (24, 20), seed=i) for i, name in enumerate(ODD_NAMES)]
+    ckpt = tmp_path / "ckpt [1]" / "{tiny}=x.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(tiny_checkpoint.read_bytes())
+    # Positional, from the photos' folder: names exactly as the shell passes them (a leading - or ~ too).
+    out = tmp_path / "out [p]"
+    proc = run_script("infer.py", *ODD_NAMES, f"checkpoint={ckpt}", f"output={out}", cwd=src)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(ODD_NAMES)
+    # input= one file to one output file whose name is odd too.
+    for photo in photos[:3]:
+        dst = tmp_path / "single" / f"out {photo.name}"
+        proc = run_script("infer.py", f"input={photo}", f"checkpoint={ckpt}", f"output={dst}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert dst.is_file()
+    # The folder itself, through input=: mirrored, every name kept.
+    proc = run_script("infer.py", f"input={src}", f"checkpoint={ckpt}", f"output={tmp_path}/mirror")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "mirror").iterdir()) == sorted(ODD_NAMES)
+    # A real glob still works; one that matches nothing is one line.
+    jobs, _, _ = plan_many([str(src / "*.png")], str(tmp_path / "g"))
+    assert sorted(j.src.name for j in jobs) == sorted(n for n in ODD_NAMES if n.endswith(".png"))
+    proc = run_script("infer.py", f"input={tmp_path}/none*.jpg", f"checkpoint={ckpt}", f"output={tmp_path}/n")
+    assert proc.returncode == 2 and "no file matches the pattern" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_training_and_resume_take_odd_paths(tmp_path):
+    """style.image=, data.content=, hydra.run.dir= and ckpt_path= with []{}=, in them."""
+    photos = tmp_path / "photos [2024] {x}=y,z"
+    for i, size in enumerate([(40, 36), (36, 44)]):
+        random_photo(photos / f"p[{i}].png", size, seed=i)
+    style = random_photo(tmp_path / "styles (1)" / "my [style]=a,b.png", (48, 48), seed=9)
+    run = tmp_path / "run [1]"
+    common = [*FAST, "style=custom", f"data.content={photos}", f"style.image={style}", "data.num_workers=0"]
+    proc = run_script("train.py", *common, "trainer.max_steps=2", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = run / "checkpoints" / "last.ckpt"
+    proc = run_script("train.py", *common, "trainer.max_steps=4", f"ckpt_path={last}", f"hydra.run.dir={run} b")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert torch.load(Path(f"{run} b") / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
 def test_infer_bomb_is_one_line_and_the_limit_is_named(tmp_path, tiny_checkpoint):
     bomb = _write(tmp_path / "bomb.png", "bomb")
     proc = run_script("infer.py", str(bomb), f"checkpoint={tiny_checkpoint}", f"output={tmp_path}/out")
@@ -325,6 +378,93 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, photo_d
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
 
 
+# --------------------------------------------------------------------------- disk full
+
+
+class _FullDisk:
+    """A file object whose device fills after ``room`` bytes: the next write raises ENOSPC, as a real one does."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.f.write(bytes(data[: self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Make every file ``write_atomic`` opens fill up after 2 KB, once ``full_disk.on`` is set."""
+    import hrstyle.paths
+
+    state = {"on": False}
+    real = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        return _FullDisk(f, 2048) if state["on"] else f
+
+    monkeypatch.setattr(hrstyle.paths.os, "fdopen", fdopen)
+    return state
+
+
+def test_disk_full_while_writing_an_output_is_one_line_and_leaves_nothing(tmp_path, tiny_checkpoint, full_disk):
+    photo = random_photo(tmp_path / "in" / "p.png", (64, 48))
+    out = tmp_path / "out"
+    old = random_photo(out / "p.png", (8, 8), seed=3)  # an earlier result that must survive
+    before = old.read_bytes()
+    full_disk["on"] = True
+    with pytest.raises(UserError, match=r"cannot write image .*p.png: the disk is full .*previous one is intact"):
+        save_image_atomic(Image.open(photo).convert("RGB"), old)
+    lines = []
+    summary = stylize_files(Stylizer(tiny_checkpoint, device="cpu"), [Job(photo, old)], log=lines.append)
+    assert summary.done == 0 and len(summary.failed) == 1 and "the disk is full" in summary.failed[0]
+    assert any("error: cannot write image" in line for line in lines)
+    assert old.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["p.png"]  # no temporary file
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_last_one(tmp_path, photo_dir, style_path, monkeypatch, full_disk):
+    """The periodic checkpoint of step 4 hits a full disk: one line naming it, last.ckpt of step 2 intact."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    cfg = fast(tmp_path, photo_dir, style_path, "trainer.max_steps=6")
+    import pytorch_lightning as pl
+
+    class FillDiskAfterStep2(pl.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            full_disk["on"] = trainer.global_step >= 2
+
+    import hrstyle.training.train as training
+
+    build = training.build
+    monkeypatch.setattr(training, "build", lambda c: _with_callback(build(c), FillDiskAfterStep2()))
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*: the disk is full") as info:
+        train(cfg)
+    assert "Traceback" not in str(info.value)
+    folder = tmp_path / "run" / "checkpoints"
+    full_disk["on"] = False
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
+
+
+def _with_callback(built, callback):
+    module, datamodule, trainer = built
+    trainer.callbacks.insert(0, callback)
+    return module, datamodule, trainer
+
+
 # --------------------------------------------------------------------------- crash safety, determinism
 
 
@@ -349,6 +489,14 @@ def crash_runs(tmp_path_factory):
     last = tmp / "killed" / "checkpoints" / "last.ckpt"
     runs["resumed"] = run_script("train.py", *common, f"+callbacks.record.path={tmp}/killed.jsonl",
                                  f"ckpt_path={last}", f"hydra.run.dir={tmp}/resumed", env=env)
+    # Preempted (SIGTERM, then SIGUSR1) before step 3 with no periodic checkpoint due, then the very same
+    # command again with ckpt_path=last, as a requeued job runs it.
+    for name in ("SIGTERM", "SIGUSR1"):
+        same = [*common, "callbacks.model_checkpoint.every_n_train_steps=100", f"+callbacks.record.path={tmp}/{name}.jsonl",
+                "ckpt_path=last", f"hydra.run.dir={tmp}/{name}"]
+        runs[name] = run_script("train.py", *same, "+callbacks.signal._target_=crash_callbacks.SignalAtStep",
+                                "+callbacks.signal.step=3", f"+callbacks.signal.signum={name}", env=env)
+        runs[f"{name}-requeued"] = run_script("train.py", *same, env=env)
     return tmp, runs
 
 
@@ -378,6 +526,37 @@ def test_sigkill_then_resume_is_a_true_continuation(crash_runs):
         torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], rtol=1e-5, atol=1e-7)
     # Checkpoints are written through a temporary file and a rename: none is left behind.
     assert not list((tmp / "killed" / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
+def test_preemption_saves_the_step_and_the_same_command_resumes(crash_runs, signum):
+    """A scheduler's SIGTERM (or SLURM's SIGUSR1) mid-run: the running step finishes, last.ckpt is written
+    at that step, the exit status says "interrupted, resumable" (75) with the resume command, and running
+    the same command again (ckpt_path=last) continues with the uninterrupted run's losses."""
+    tmp, runs = crash_runs
+    stopped, requeued = runs[signum], runs[f"{signum}-requeued"]
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-2000:]
+    last = tmp / signum / "checkpoints" / "last.ckpt"
+    line = next(l for l in stopped.stderr.splitlines() if l.startswith("Interrupted at step 4"))
+    assert f"saved {last}" in line and "resume with: python" in line and "ckpt_path=last" in line
+    assert "Traceback" not in stopped.stderr
+    assert "starting a new run" in stopped.stdout  # the first launch found nothing to resume
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    assert not list(last.parent.glob("*.tmp"))
+    assert requeued.returncode == 0, requeued.stderr[-2000:]
+    assert f"Resuming from {last}" in requeued.stdout
+    full, steps = _steps(tmp / "full.jsonl"), _steps(tmp / f"{signum}.jsonl")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(full, steps):
+        assert a["batch_sum"] == b["batch_sum"]
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-6, abs_tol=1e-7)
+
+
+def test_resume_command_names_the_run_folder_and_keeps_the_other_arguments():
+    cmd = resume_command("/runs/a b", ["scripts/train.py", "style=custom", "style.image='/p/x y.jpg'",
+                                       "ckpt_path=/old.ckpt", "hydra.run.dir=/elsewhere"])
+    assert shlex.split(cmd) == ["python", "scripts/train.py", "style=custom", "style.image='/p/x y.jpg'",
+                                "ckpt_path=last", "hydra.run.dir=/runs/a b"]
 
 
 def test_seeded_runs_are_deterministic(crash_runs):
@@ -460,3 +639,101 @@ def test_a_genuine_400_megapixel_image_opens_when_allowed_and_is_tiled(tmp_path,
     img = open_rgb(big, max_pixels=None)
     assert img.size == (20000, 20000)
     assert Stylizer(tiny_checkpoint, device="cpu", work_size=None).needs_tiling(20000, 20000)
+
+
+# --------------------------------------------------------------------------- collections of real size
+
+
+def test_a_large_messy_training_folder_scans_quickly(tmp_path):
+    """The scaled-down benchmark (scripts/benchmark_collections.py): 3,000 entries with non-images,
+    truncated JPEGs, symlinks, a symlinked folder, a loop and a broken link: every real image found
+    once, the scan small, and the first batch drawn."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from benchmark_collections import make_tree, measure_scan
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    counts = make_tree(tmp_path / "train", 3000)
+    scan = measure_scan(tmp_path / "train")
+    # JPEGs, truncated ones (skipped when drawn) and links to JPEGs; not the texts, the linked folder or the loop.
+    assert scan["images"] == counts["jpeg"] + counts["truncated"] + counts["symlink"]
+    assert scan["batch"] == (4, 3, 128, 128)
+    assert scan["python_peak_mb"] < 50
+
+
+def test_folder_inference_streams_when_encoding_is_slower(tmp_path, tiny_checkpoint, monkeypatch):
+    """Results wait for a slow encoder in a bounded queue: the number of stylized images not yet written
+    stays small whatever the number of photos (memory does not grow with the folder)."""
+    import threading
+    import time
+
+    import hrstyle.inference.files as files
+
+    for i in range(40):
+        random_photo(tmp_path / "in" / f"p{i:02d}.jpg", (32, 24), seed=i)
+    jobs, _, _ = plan_many([str(tmp_path / "in")], str(tmp_path / "out"))
+    lock, state = threading.Lock(), {"waiting": 0, "most": 0}
+    stylizer = Stylizer(tiny_checkpoint, device="cpu")
+    real_stylize, real_encode = stylizer.stylize_tensor, files._encode
+
+    def stylize(images):
+        with lock:
+            state["waiting"] += len(images)
+            state["most"] = max(state["most"], state["waiting"])
+        return real_stylize(images)
+
+    def encode(*args):
+        time.sleep(0.02)
+        with lock:
+            state["waiting"] -= 1
+        return real_encode(*args)
+
+    monkeypatch.setattr(stylizer, "stylize_tensor", stylize)
+    monkeypatch.setattr(files, "_encode", encode)
+    summary = stylize_files(stylizer, jobs, batch_size=4, workers=2, log=lambda _: None)
+    assert summary.done == 40 and not summary.failed
+    assert state["most"] <= 2 * 2 + 4 + 4  # the write queue, the batch being stylized, one more batch
+
+
+# --------------------------------------------------------------------------- one memory budget per process
+
+
+def test_stylizers_share_one_budget_and_take_turns(tmp_path, tiny_checkpoint):
+    """Two styles in one process plan within one budget, and the arena one keeps is given back before
+    the other runs: the second does not plan as if it were alone."""
+    pytest.importorskip("onnxruntime")
+    a = Stylizer(tiny_checkpoint, device="cpu", backend="onnx", memory_gb=3, work_size=None,
+                 cache_dir=tmp_path / "cache")
+    b = Stylizer(tiny_checkpoint, device="cpu", backend="onnx", work_size=None, cache_dir=tmp_path / "cache")
+    assert a.memory_bytes == b.memory_bytes == 3 << 30
+    Stylizer(tiny_checkpoint, device="cpu", backend="onnx", memory_gb=2, cache_dir=tmp_path / "cache")
+    assert a.memory_bytes == b.memory_bytes == 2 << 30  # the latest explicit budget holds for all
+    photo = torch.rand(1, 3, 64, 48)
+    a(photo)
+    assert a._ort.session is not None  # a keeps its arena for its next photo...
+    b(photo)
+    assert a._ort.session is None and b._ort.session is not None  # ...until another style takes its turn
+
+
+@pytest.mark.slow
+def test_two_styles_on_a_large_photo_stay_within_the_process_budget(tmp_path):
+    """The shipped photo style and the painterly one, each at full resolution (work_size=null) on the same
+    1024² photo in one process, alternating: the peak resident memory stays within the one budget. Each
+    untiled forward keeps an arena of about the budget; without turns two of them would be alive at once."""
+    pytest.importorskip("onnxruntime")
+    code = f"""
+import resource, sys, torch
+from hrstyle.inference import Stylizer
+a = Stylizer({str(ROOT / 'checkpoints' / 'winter.pt')!r}, device="cpu", work_size=None, memory_gb=4)
+b = Stylizer({str(ROOT / 'checkpoints' / 'starry.pt')!r}, device="cpu", work_size=None)
+photo = torch.rand(1, 3, 1024, 1024)
+for s in (a, b, a):
+    s(photo)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, a.memory_bytes / 2**30, b.memory_bytes / 2**30)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "HRSTYLE_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_gib, budget_a, budget_b = map(float, proc.stdout.split()[-3:])
+    assert budget_a == budget_b == 4
+    assert peak_gib <= 4, f"peak {peak_gib:.2f} GiB over the 4 GiB budget"

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hrstyle.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, find_images, open_rgb, pil_to_tensor
 from hrstyle.data.samples import sample_images
 from hrstyle.errors import UserError
+from hrstyle.paths import user_path
 
 ImageSource = Path | Image.Image
 MAX_CROP = 4096  # a batch of 4096² crops already needs ~100 GB of activations in the loss network
@@ -213,13 +214,13 @@ class ContentDataModule(pl.LightningDataModule):
 
     @property
     def single_image(self) -> bool:
-        return self.content is not None and Path(self.content).expanduser().is_file()
+        return self.content is not None and user_path(self.content).is_file()
 
     def sources(self) -> list[ImageSource]:
         """The training images (paths, or PIL images for the built-in samples)."""
         if self.content is None:
             return list(sample_images())
-        root = Path(self.content).expanduser()
+        root = user_path(self.content)
         if not root.exists():
             raise UserError(f"content folder not found: {root} (set data.content=/path/to/photos)")
         files = find_images(root)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hrstyle.errors import UserError
+from hrstyle.paths import user_path, write_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -32,7 +32,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def find_images(root: str | os.PathLike) -> list[Path]:
     """All image files under ``root`` (recursive, sorted); ``root`` may also be one file."""
-    root = Path(root).expanduser()
+    root = user_path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
@@ -170,16 +170,7 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike, protect: Iterab
     resolved = path.resolve()
     if any(resolved == Path(p).resolve() for p in protect):
         raise UserError(f"refusing to overwrite the input image {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"unknown output image format {path.suffix!r} (use .png, .jpg or .webp)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: img.save(f, format=fmt, **save_kwargs), "image")

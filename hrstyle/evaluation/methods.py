@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import PROJECT_ROOT
+from hrstyle.paths import user_path
 
 BUILTIN = ("identity", "gatys", "paper")
 GUIDED_SUFFIX = "+guided"
@@ -150,7 +151,7 @@ def own_style_image(meta: dict[str, Any]) -> Path | None:
     if match:
         candidates.append(match.group(1).strip())
     for text in candidates:
-        path = Path(text).expanduser()
+        path = user_path(text)
         for candidate in (path, None if path.is_absolute() else PROJECT_ROOT / path):
             if candidate is not None and candidate.is_file():
                 return candidate
@@ -260,7 +261,7 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
         defaults = spec.endswith(DEFAULT_SUFFIX)
         if defaults:
             spec = spec[: -len(DEFAULT_SUFFIX)]
-        path = Path(spec).expanduser()
+        path = user_path(spec)
         if defaults and not (path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_dir()):
             raise UserError(f"{spec}{DEFAULT_SUFFIX}: +default applies to a checkpoint or a training run folder")
         if spec == "identity":

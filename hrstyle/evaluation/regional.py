@@ -25,6 +25,7 @@ from PIL import Image
 from hrstyle.data.images import IMAGE_EXTENSIONS
 from hrstyle.errors import UserError
 from hrstyle.inference.color import sqrtm_psd
+from hrstyle.paths import user_path
 
 #: Labels covering less than this share of either image are ignored (a few stray pixels are no region).
 MIN_SHARE = 0.02
@@ -50,7 +51,7 @@ def load_label_map(path: str | Path) -> torch.Tensor:
 
 def find_label_map(folder: str | Path, image: str | Path) -> Path | None:
     """The label map in ``folder`` with the same file stem as ``image`` (any image extension), or None."""
-    folder, stem = Path(folder).expanduser(), Path(image).stem
+    folder, stem = user_path(folder), Path(image).stem
     if not folder.is_dir():
         raise UserError(f"mask folder not found: {folder}")
     for candidate in sorted(folder.iterdir()):

@@ -24,9 +24,7 @@ the metrics and the gatys/paper loss). Times are per image, model loading exclud
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ from hrstyle.errors import UserError
 from hrstyle.evaluation.methods import Method, _cfg_get, build_methods
 from hrstyle.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import find_label_map, load_label_map, regional_color_distance
+from hrstyle.paths import user_path, write_atomic
 
 #: Keys measured against the style image: the regional colour distance (None without masks) and the
 #: lightness gap (the output's mean CIELAB L* minus the style's: negative = darker than the style).
@@ -108,7 +107,7 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
 
     size, style_size = _cfg_get(cfg, "size", 384), _cfg_get(cfg, "style_size", 512)
     thumb = int(_cfg_get(cfg, "thumb", 256))
-    out_dir = Path(_cfg_get(cfg, "output", "outputs/evaluate")).expanduser()
+    out_dir = user_path(_cfg_get(cfg, "output", "outputs/evaluate"))
     limit = _cfg_get(cfg, "limit")
     if thumb < 16:
         raise UserError(f"thumb must be at least 16 px, got {thumb}")
@@ -349,17 +348,8 @@ def _config_yaml(cfg: Any, methods: Sequence[Method], contents: Sequence[tuple[s
 
 
 def _write_text(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` (UTF-8) atomically (``write_atomic``)."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")), "report")
 
 
 # ----------------------------------------------------------------------------- pictures

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from hrstyle.errors import UserError
+from hrstyle.paths import user_path, write_atomic
 
 #: Key under which checkpoints store what inference needs to rebuild the generator. Defined here,
 #: not in the training module, so that inference never imports Lightning.
@@ -25,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """``path`` as given, or relative to the project root (for the shipped checkpoints/)."""
-    candidate = Path(path).expanduser()
+    candidate = user_path(path)
     if candidate.is_file():
         return candidate
     if not candidate.is_absolute() and (PROJECT_ROOT / candidate).is_file():
@@ -83,11 +84,11 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
     if stats:
         return (torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(stats["cov"], dtype=torch.float64))
     image = meta.get("style_image")
-    if image and Path(image).expanduser().is_file():
+    if image and user_path(image).is_file():
         from hrstyle.data.images import load_image
 
         return style_color_statistics({"style_color": style_color_entry(
-            load_image(Path(image).expanduser(), max_size=STYLE_COLOR_SIZE))})
+            load_image(user_path(image), max_size=STYLE_COLOR_SIZE))})
     raise UserError(
         f"{checkpoint or 'this checkpoint'} stores no colour statistics of its style and its style image "
         f"({image}) is not here: use color_match=0, or retrain it with this version"
@@ -96,14 +97,9 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
 
 def save_generator(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write a compact checkpoint (generator weights + metadata, no optimizer state)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         CHECKPOINT_KEY: {k: v for k, v in meta.items() if k != "global_step"},
         "state_dict": {f"generator.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "global_step": meta.get("global_step"),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda f: torch.save(payload, f), "checkpoint", fsync=True)

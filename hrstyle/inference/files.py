@@ -26,6 +26,7 @@ from hrstyle.data.images import (
 )
 from hrstyle.errors import UserError
 from hrstyle.inference.stylizer import Stylizer
+from hrstyle.paths import user_path
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -63,18 +64,22 @@ def plan_jobs(input: str, output: str | None, fmt: str | None = None, style: str
     to ``output`` if it has an image suffix, else into that folder
     (default ``outputs/stylized/<stem>_<style>.<ext>``).
     """
-    magic = glob.has_magic(input)
-    src = Path(input).expanduser()
+    src = user_path(input)
+    magic = is_glob(input)
     if not magic and src.is_file():
         if output and Path(output).suffix:
-            return [Job(src, Path(output).expanduser())], []
-        folder = Path(output).expanduser() if output else Path("outputs/stylized")
+            return [Job(src, user_path(output))], []
+        folder = user_path(output) if output else Path("outputs/stylized")
         name = src.stem if output else f"{src.stem}_{style}"
         return [Job(src, folder / f"{name}{_suffix(src, fmt)}")], []
 
     if magic:
         base = _glob_base(input)
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(input), recursive=True) if Path(p).is_file())
+        # The existing folder before the wildcards is taken literally (a folder may be named `[2024]`).
+        pattern = os.path.join(glob.escape(str(base)), str(user_path(input).relative_to(base)))
+        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not files:
+            raise UserError(f"no file matches the pattern {input} (and no file or folder has that name)")
         default_out = Path("outputs/stylized") / (base.name or "glob")
     elif src.is_dir():
         base = src
@@ -82,7 +87,7 @@ def plan_jobs(input: str, output: str | None, fmt: str | None = None, style: str
         default_out = Path("outputs/stylized") / src.resolve().name
     else:
         raise UserError(f"input not found: {input}")
-    out_dir = Path(output).expanduser() if output else default_out
+    out_dir = user_path(output) if output else default_out
     if out_dir.suffix and is_image_file(out_dir):
         raise UserError(f"input {input} has several images: output must be a folder, not {out_dir}")
     if out_dir.resolve() == base.resolve():
@@ -109,7 +114,7 @@ def plan_many(
     jobs, skipped, existing, seen = [], [], [], {}
     for item in inputs:
         planned, rest = plan_jobs(str(item), output, fmt, style)
-        many = glob.has_magic(str(item)) or Path(str(item)).expanduser().is_dir()
+        many = is_glob(str(item)) or user_path(str(item)).is_dir()
         for job in planned:
             key = job.dst.resolve()
             if key in seen and seen[key] != job.src.resolve():
@@ -120,14 +125,26 @@ def plan_many(
     return jobs, skipped, existing
 
 
+def is_glob(input: str) -> bool:
+    """Whether ``input`` is read as a glob pattern: it has ``*?[`` and no file or folder has that exact
+    name (``photo[1].jpg`` that exists is that file)."""
+    return glob.has_magic(input) and not user_path(input).exists()
+
+
 def _glob_base(pattern: str) -> Path:
-    """The folder part of a glob before its first wildcard (outputs mirror below it)."""
-    parts = Path(os.path.expanduser(pattern)).parts
-    fixed = []
-    for part in parts:
-        if glob.has_magic(part):
+    """The longest leading part of a glob that is an existing folder, taken literally (outputs mirror
+    below it); else the folder part before its first wildcard."""
+    parts = user_path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if not Path(*fixed, part).is_dir():
             break
         fixed.append(part)
+    if not fixed:
+        for part in parts:
+            if glob.has_magic(part):
+                break
+            fixed.append(part)
     return Path(*fixed) if fixed else Path(".")
 
 
@@ -188,15 +205,25 @@ def stylize_files(
                 log(f"[{index + 1}/{n}] {job.src} ({w}x{h}) -> {job.dst}  {per_image * 1000:.0f} ms"
                     + ("  (tiled)" if stylizer.needs_tiling(h, w) else ""))
                 pending_writes.append((index, job, encoder.submit(_encode, out, job, quality, icc, protect)))
-        for index, job, future in pending_writes:
-            try:
-                future.result()
-                summary.done += 1
-            except (UserError, OSError, ValueError) as exc:
-                summary.failed.append(f"{job.src}: cannot write {job.dst}: {exc}")
-                log(f"[{index + 1}/{n}] error: cannot write {job.dst}: {exc}")
+            # Stream: at most a few results wait for their encoder (they are full-resolution images),
+            # so memory does not grow with the number of photos when encoding is the slower stage.
+            while len(pending_writes) > 2 * max(1, workers):
+                _finish_write(*pending_writes.pop(0), n, summary, log)
+        for write in pending_writes:
+            _finish_write(*write, n, summary, log)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _finish_write(index: int, job: Job, future: Future, n: int, summary: Summary, log: Callable[[str], None]) -> None:
+    """Wait for one result's encoding and count it as done or failed (disk full, no permission, ...)."""
+    try:
+        future.result()
+        summary.done += 1
+    except (UserError, OSError, ValueError) as exc:
+        why = str(exc) if isinstance(exc, UserError) else f"cannot write {job.dst}: {exc}"
+        summary.failed.append(f"{job.src}: {why}")
+        log(f"[{index + 1}/{n}] error: {why}")
 
 
 def _batches(jobs, decoder, max_size, batch_size, stylizer, summary, log, max_pixels) -> Iterator[list]:

@@ -19,7 +19,12 @@ limits: the allocator's fragmentation and other threads' buffers come on top, he
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from hrstyle.inference.ort_backend import ARENA_MAX_PIXELS
 from hrstyle.inference.tiling import min_tile_size
@@ -72,6 +77,40 @@ def default_budget() -> int:
     """
     available = available_memory()
     return available * 3 // 4 if available else 4 * GIB
+
+
+_process_budget: int | None = None
+_turn_lock = threading.RLock()
+_last_runner: weakref.ReferenceType | None = None
+
+
+def process_budget(memory_gb: float | None = None) -> int:
+    """The one memory budget of this process, in bytes, shared by every ``Stylizer`` in it.
+
+    ``memory_gb`` sets it (the latest explicit value holds for all); otherwise it is ``default_budget()``
+    when first asked. Two styles in one process (an app serving several) then plan within one budget
+    instead of each planning as if it were alone.
+    """
+    global _process_budget
+    if memory_gb is not None:
+        _process_budget = int(memory_gb * GIB)
+    elif _process_budget is None:
+        _process_budget = default_budget()
+    return _process_budget
+
+
+@contextmanager
+def memory_turn(runner: Any) -> Iterator[None]:
+    """Run one forward of ``runner`` (an ONNX Runtime generator) as the only one in the process: forwards of
+    all stylizers take turns (on the CPU each already uses every core), and the memory arena another
+    runner kept from its last forward is released first, so each forward has the whole budget."""
+    global _last_runner
+    with _turn_lock:
+        previous = _last_runner() if _last_runner is not None else None
+        if previous is not None and previous is not runner:
+            previous.release_memory()
+        _last_runner = weakref.ref(runner)
+        yield
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from hrstyle.inference.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from hrstyle.paths import user_path
 
 #: Batches up to this many pixels run on a session with ONNX Runtime's memory arena: 1.6× faster at
 #: 1024² (no page faults: without it a third of the CPU time was the kernel's), but twice the peak
@@ -58,11 +59,11 @@ class BackendUnavailable(RuntimeError):
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where exported graphs are kept (see the module docstring)."""
     if cache_dir:
-        return Path(cache_dir).expanduser()
+        return user_path(cache_dir)
     if os.environ.get("HRSTYLE_CACHE_DIR"):
-        return Path(os.environ["HRSTYLE_CACHE_DIR"]).expanduser()
+        return user_path(os.environ["HRSTYLE_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "hrstyle"
+    return user_path(base) / "hrstyle"
 
 
 def default_threads() -> int:
@@ -261,6 +262,11 @@ class OrtGenerator:
         holds for the run that follows (a new session, made when next needed, costs ~0.1 s)."""
         self.session = None
         self._large_shape = None
+
+    def release_memory(self) -> None:
+        """Give back what this generator holds between forwards (its arena and tiler), for another's turn."""
+        self._release_arena()
+        self._tiler = None
 
     def tiled(self, image: torch.Tensor, tile_size: int, margin: int, cache_bytes: int | None = None) -> torch.Tensor:
         """One (1, 3, H, W) image, tiled, equal to ``self(image)`` up to float rounding."""

@@ -16,7 +16,7 @@ from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
 from hrstyle.inference.color import apply_strength, match_color, preserve_color
 from hrstyle.inference.lift import downscale, lift, upsample, working_shape
-from hrstyle.inference.memory import GIB, TilingPlan, default_budget, plan_tiling
+from hrstyle.inference.memory import TilingPlan, memory_turn, plan_tiling, process_budget
 from hrstyle.inference.photoreal import guided_filter
 from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
 
@@ -105,7 +105,9 @@ class Stylizer:
             ``memory_gb`` leaves after the image and the tile); 0 recomputes instead (slower).
         memory_gb: about how much memory (resident, GiB) the onnx backend may use: it decides
             between untiled and tiled, the tile size, the stage cache and how many same-size
-            images share one forward. None: three quarters of the memory available at start-up.
+            images share one forward. It is the process's one budget (``memory.process_budget``):
+            every Stylizer in the process plans within it, and their forwards take turns. None: the
+            budget already set, else three quarters of the memory available when first asked.
 
     ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
     PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
@@ -182,8 +184,8 @@ class Stylizer:
         self._ort = self._onnx_backend(backend, checkpoint, compile, cache_dir)
         #: The backend in use: "onnx" or "eager".
         self.backend = "eager" if self._ort is None else "onnx"
-        #: The memory budget in bytes (onnx backend), None for eager.
-        self.memory_bytes = None if self._ort is None else int(memory_gb * GIB) if memory_gb else default_budget()
+        if self._ort is not None:
+            process_budget(memory_gb)  # memory_gb sets the process's one budget; None keeps (or makes) it
         if tile_size is None and self._ort is None:
             tile_size = 4096 if self.device.type == "cuda" else 2048
         #: None: planned per image size from the memory budget (onnx backend).
@@ -213,6 +215,12 @@ class Stylizer:
                 raise UserError(f"backend=onnx is not available: {exc}") from exc
             print(f"warning: fast ONNX Runtime backend unavailable ({exc}); running eager PyTorch", file=sys.stderr)
             return None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """The memory budget in bytes (onnx backend): the process's one budget, shared by every Stylizer
+        (``memory.process_budget``); None for eager."""
+        return None if self._ort is None else process_budget()
 
     @property
     def style_name(self) -> str:
@@ -285,12 +293,13 @@ class Stylizer:
         h, w = images.shape[-2:]
         if self._ort is not None:
             plan = self.plan(h, w)
-            if plan.tile_size:
-                out = torch.cat([self._ort.tiled(img[None], plan.tile_size, self.tile_margin, plan.cache_bytes)
-                                 for img in images])
-            else:  # in chunks that fit the memory budget
-                out = torch.cat([self._ort(images[i:i + plan.batch], arena=plan.arena)
-                                 for i in range(0, len(images), plan.batch)])
+            with memory_turn(self._ort):  # one forward in the process at a time, within the one budget
+                if plan.tile_size:
+                    out = torch.cat([self._ort.tiled(img[None], plan.tile_size, self.tile_margin, plan.cache_bytes)
+                                     for img in images])
+                else:  # in chunks that fit the memory budget
+                    out = torch.cat([self._ort(images[i:i + plan.batch], arena=plan.arena)
+                                     for i in range(0, len(images), plan.batch)])
         elif self.needs_tiling(h, w):
             outs = [
                 stylize_tiled(self.model, img[None].cpu(), lambda t: self._forward(t, eager=True), self.tile_size,

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import models
 
 from hrstyle.errors import UserError
+from hrstyle.paths import user_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +64,7 @@ def _imagenet_features(arch: str) -> nn.Sequential:
 
 
 def _load_local(features: nn.Sequential, path: str | os.PathLike, arch: str, n_layers: int) -> None:
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         raise UserError(f"VGG weights file not found: {path}")
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,6 +16,7 @@ from hrstyle.evaluation.metrics import StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import load_label_map, regional_color_distance
 from hrstyle.inference.checkpoint import CHECKPOINT_KEY, style_color_entry
 from hrstyle.losses import ContentStyleLoss
+from hrstyle.paths import user_path
 
 
 #: Long side of the ``regional`` photo at validation (the evaluation's default size).
@@ -81,10 +81,10 @@ class StyleTransferModule(pl.LightningModule):
             raise UserError(f"style.color_match must be in [0, 1], got {color_match}")
         self.color_match = float(color_match)
         self.style_path = str(style_image)
-        if not Path(style_image).expanduser().is_file():
+        if not user_path(style_image).is_file():
             raise UserError(f"style image not found: {style_image} (set style.image=/path/to/style.jpg)")
         # Style Gram targets: computed once here, then non-persistent buffers of loss_fn.
-        self.style = load_image(Path(style_image).expanduser(), max_size=style_size, max_pixels=max_pixels).unsqueeze(0)
+        self.style = load_image(user_path(style_image), max_size=style_size, max_pixels=max_pixels).unsqueeze(0)
         self.loss_fn.set_style(self.style)
         self._preview_batch: torch.Tensor | None = None
         self.metrics: StyleMetrics | None = None
@@ -103,11 +103,11 @@ class StyleTransferModule(pl.LightningModule):
         if missing:
             raise UserError(f"regional needs content, content_mask and style_mask; missing: {', '.join(missing)}")
         for key, value in given.items():
-            if not Path(str(value)).expanduser().is_file():
+            if not user_path(str(value)).is_file():
                 raise UserError(f"regional.{key} not found: {value}")
-        photo = load_image(Path(str(given["content"])).expanduser(), max_size=REGIONAL_SIZE, max_pixels=max_pixels)
-        return (photo.unsqueeze(0), load_label_map(Path(str(given["content_mask"])).expanduser()),
-                load_label_map(Path(str(given["style_mask"])).expanduser()))
+        photo = load_image(user_path(str(given["content"])), max_size=REGIONAL_SIZE, max_pixels=max_pixels)
+        return (photo.unsqueeze(0), load_label_map(user_path(str(given["content_mask"]))),
+                load_label_map(user_path(str(given["style_mask"]))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)

@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +17,8 @@ from hrstyle.errors import UserError
 from hrstyle.inference.checkpoint import CHECKPOINT_KEY
 from hrstyle.training.checkpoint_io import AtomicCheckpointIO
 from hrstyle.training.module import StyleTransferModule
+from hrstyle.training.preemption import RESUME_LATEST, Interrupted, SaveOnPreemption, find_latest
+from hrstyle.paths import user_path
 
 
 def check_devices(trainer_cfg: DictConfig) -> None:
@@ -30,7 +33,7 @@ def check_devices(trainer_cfg: DictConfig) -> None:
 
 def fetch_style_image(image: str, url: str | None) -> Path:
     """Path of the style image, downloading it from ``url`` first if it is missing."""
-    path = Path(image).expanduser()
+    path = user_path(image)
     if path.is_file():
         return path
     if not url:
@@ -94,23 +97,46 @@ def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule,
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not logger:  # nothing to log the learning rate to: train without the monitor
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(SaveOnPreemption())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     return module, datamodule, trainer
 
 
+def resolve_resume(ckpt_path: str | None, run_dir: str | None) -> str | None:
+    """``ckpt_path`` as given, or for ``last``/``auto`` the run folder's ``last.ckpt`` (``find_latest``),
+    None when there is none yet (a new run)."""
+    if not ckpt_path:
+        return None
+    if str(ckpt_path) in RESUME_LATEST:
+        found = find_latest(run_dir) if run_dir else None
+        if found is None:
+            print(f"ckpt_path={ckpt_path}: no checkpoints/last.ckpt in {run_dir} yet: starting a new run.")
+            return None
+        print(f"Resuming from {found}")
+        return str(found)
+    if not user_path(ckpt_path).is_file():
+        raise UserError(f"checkpoint to resume from not found: {ckpt_path}")
+    return str(user_path(ckpt_path))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, then return where the results are and the final logged metrics."""
+    """Train, then return where the results are and the final logged metrics.
+
+    Raises ``Interrupted`` (after saving ``last.ckpt``) when SIGTERM or SIGUSR1 stopped the run.
+    """
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     check_devices(cfg.trainer)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise UserError(f"checkpoint to resume from not found: {ckpt_path}")
+    ckpt_path = resolve_resume(cfg.get("ckpt_path"), OmegaConf.select(cfg, "paths.output_dir", default=None))
     if ckpt_path:
         check_resume_compatible(ckpt_path, cfg.model)
     module, datamodule, trainer = build(cfg)
     datamodule.setup("fit")  # fail fast (missing/empty content folder) before the trainer starts
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnPreemption)), None)
+        raise Interrupted(trainer.global_step, saver.saved if saver else None) from None
     callback = trainer.checkpoint_callback
     return {
         "last_checkpoint": getattr(callback, "last_model_path", None) or None,
