@@ -47,8 +47,8 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from hrstyle.image.lift import downscale, lift, working_shape  # noqa: E402
 from hrstyle.inference import Stylizer  # noqa: E402
-from hrstyle.inference.lift import downscale, lift, working_shape  # noqa: E402
 from hrstyle.inference.stylizer import DEFAULT_WORK_SIZE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +238,7 @@ def tile_cost_report(args: argparse.Namespace) -> None:
     print(f"\nExact tiling, backend {untiled.backend}: tiled against untiled, wall (CPU) seconds, best of {args.repeats}")
     print("| image | tile | tiles | untiled | tiled | cost | max abs diff |")
     print("|---|---|---|---|---|---|---|")
-    from hrstyle.inference.tiling import make_tiles
+    from hrstyle.image.tiles import make_tiles
 
     for spec in args.tile_cost:
         size, tile = spec.split(":")
@@ -298,7 +298,7 @@ def measure(args: argparse.Namespace, size: str, precision: str) -> dict:
 
 def tiling_report(args: argparse.Namespace) -> None:
     """Max/mean |tiled - untiled| on real photos that fit untiled."""
-    from hrstyle.data import load_image
+    from hrstyle.image.io import load_image
 
     stylizer = Stylizer(args.checkpoint, device=args.device, tile_size=0, work_size=None)
     for path in args.photos:

@@ -17,9 +17,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
-from hrstyle.data.images import find_images  # noqa: E402
 from hrstyle.errors import UserError  # noqa: E402
 from hrstyle.evaluation.report import evaluate  # noqa: E402
+from hrstyle.image.io import find_images  # noqa: E402
 
 
 def images(spec: object) -> list:

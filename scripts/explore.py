@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from hrstyle.cli import prepare_argv, run_or_exit
-from hrstyle.data.images import load_image, save_image_atomic
 from hrstyle.errors import UserError
 from hrstyle.explore import (
     check_layers,
@@ -35,6 +34,7 @@ from hrstyle.explore import (
     steps_for,
     write_tensorboard,
 )
+from hrstyle.image.io import load_image, save_image_atomic
 from hrstyle.inference.stylizer import pick_device
 
 FIGURES = ("content", "style", "features")

@@ -2,14 +2,14 @@
 
 See configs/export.yaml for the options; files go to outputs/export/ unless output_dir=... is given.
 The files hold the network alone: to stylize camera-sized photos as scripts/infer.py does, run it at a
-working resolution and apply the lift (hrstyle/inference/export.py says how, in a few lines).
+working resolution and apply the lift (hrstyle/inference/onnx/export.py says how, in a few lines).
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from hrstyle.cli import prepare_argv, run_or_exit
-from hrstyle.inference.export import export_checkpoint, verify_exports
+from hrstyle.inference.onnx.export import export_checkpoint, verify_exports
 
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")

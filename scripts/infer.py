@@ -16,8 +16,8 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, ListConfig  # noqa: E402
 
 from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
-from hrstyle.data.images import save_image_atomic  # noqa: E402
 from hrstyle.data.samples import sample_image  # noqa: E402
+from hrstyle.image.io import save_image_atomic  # noqa: E402
 from hrstyle.inference import Stylizer, plan_many, stylize_files  # noqa: E402
 
 

@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hrstyle.cli import prepare_argv, run_or_exit
-from hrstyle.data.images import load_image, save_image_atomic, tensor_to_pil
 from hrstyle.errors import UserError
+from hrstyle.image.io import load_image, save_image_atomic, tensor_to_pil
 from hrstyle.inference.stylizer import pick_device
 from hrstyle.optimization import optimize_image
 

@@ -50,12 +50,27 @@ class PoisonAtStep(Callback):
 
 
 class SignalAtStep(Callback):
-    """Send ``signum`` (a name: SIGTERM, SIGUSR1) to the training process when it is about to run step
-    ``step``, as a scheduler preempting the job would."""
+    """Send ``signum`` (a name: SIGTERM, SIGUSR1) when the run is about to run step ``step``, as a scheduler
+    preempting the job would: to every process of the job (the DataLoader workers first, then this one), as
+    SLURM does."""
 
     def __init__(self, step: int, signum: str = "SIGTERM") -> None:
         self.step, self.signum = step, getattr(signal, signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
+            for pid in _children(os.getpid()):
+                os.kill(pid, self.signum)
             os.kill(os.getpid(), self.signum)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc), e.g. DataLoader workers."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return found

@@ -1,29 +1,15 @@
 """Every config in configs/ composes and resolves; overrides reach the objects."""
-
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, compose_train
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
-
-from conftest import ROOT
 
 CONFIGS = ROOT / "configs"
 TRAIN_GROUPS = ["model", "loss", "style", "data", "trainer", "logger", "callbacks", "experiment"]
 # Values a config deliberately leaves mandatory (???) for the user to fill in.
 REQUIRED = {"style=custom": ["style.image=s.jpg"], "data=single": ["data.content=p.jpg"],
             "experiment=paper": ["data.content=p.jpg"]}
-
-
-def compose_train(overrides: list[str], output_dir: Path | None = None):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir or "outputs/test")
-        return cfg
 
 
 def options():

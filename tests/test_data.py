@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import random_photo
 from PIL import Image
 
-from conftest import random_photo
-from hrstyle.data import ContentDataModule, find_images, load_image, open_rgb, save_image_atomic
+from hrstyle.data import ContentDataModule
 from hrstyle.data.samples import sample_images
-from hrstyle.data.images import read_size, resize_long_side
 from hrstyle.errors import UserError
+from hrstyle.image.io import find_images, load_image, open_rgb, read_size, resize_long_side, save_image_atomic
 
 
 def test_find_images_is_recursive_and_skips_non_images(photo_dir):

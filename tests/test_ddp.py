@@ -7,11 +7,9 @@ import json
 
 import pytest
 import torch
+from helpers import FAST, ROOT, random_photo, run_script
 
-from conftest import ROOT, random_photo
 from hrstyle.inference import Stylizer
-from test_robustness import run_script
-from test_train import FAST
 
 
 @pytest.mark.slow

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import OFFLINE_VGG16, SHARED_CONTENT, SHARED_STYLES, needs_shared
 from kornia.filters import gaussian_blur2d
 
-from hrstyle.data.images import load_image
 from hrstyle.evaluation import METRIC_KEYS, StyleMetrics, edge_ssim, photorealism_residual, ssim
-from hrstyle.inference.photoreal import guided_filter
-from tests.conftest import OFFLINE_VGG16, SHARED_CONTENT, SHARED_STYLES, needs_shared
+from hrstyle.image.guided import guided_filter
+from hrstyle.image.io import load_image
 
 
 def _photo(size: int = 96, seed: int = 0) -> torch.Tensor:
@@ -79,7 +79,7 @@ def test_guided_filter_removes_invented_stripes_and_is_exact_in_strips(monkeypat
     assert photorealism_residual(filtered, x).item() < photorealism_residual(stripes, x).item() / 3
     assert edge_ssim(filtered, x).item() > edge_ssim(stripes, x).item()
     assert guided_filter(stripes, x, radius=0) is stripes
-    import hrstyle.inference.photoreal as photoreal
+    import hrstyle.image.guided as photoreal
 
     monkeypatch.setattr(photoreal, "STRIP_PIXELS", x.shape[-1] * 10)  # force strips of ~17 rows
     strips = photoreal.guided_filter(stripes, x, radius=4, eps=1e-3)

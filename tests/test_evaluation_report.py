@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, random_photo
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import ROOT, random_photo
 from hrstyle.errors import UserError
 from hrstyle.evaluation.methods import build_methods, differing_overrides
 from hrstyle.evaluation.metrics import METRIC_KEYS
@@ -45,14 +45,9 @@ def config(tmp_path: Path, *overrides: str):
                                               "style_size=48", "progress=false", *FAST_LOSS, *overrides])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny images gain nothing from a second thread, and with the CPU shared a second
-    thread waiting at every op's barrier made these tests up to 15x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny images gain nothing from a second thread, and with the CPU shared a second thread waiting at
+# every op's barrier made these tests up to 15x slower.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -62,6 +57,7 @@ def inputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
     return contents, [random_photo(tmp_path / "styles" / "s1.png", (48, 48), seed=3)]
 
 
+@pytest.mark.slow
 def test_report_files_and_checkpoint_pairing(tmp_path: Path, inputs) -> None:
     contents, styles = inputs
     own_style = random_photo(tmp_path / "own_style.png", (40, 40), seed=4)
@@ -141,6 +137,7 @@ def test_default_suffix_is_the_checkpoints_own_inference(tmp_path: Path, inputs)
         evaluate(contents[:1], styles, ["identity+default"], cfg)
 
 
+@pytest.mark.slow
 def test_multirun_folder_gatys_and_paper(tmp_path: Path, inputs) -> None:
     contents, styles = inputs
     sweep = tmp_path / "multirun" / "starry" / "2024-01-01_00-00-00"
@@ -169,7 +166,7 @@ def test_differing_overrides() -> None:
 
 
 def test_color_suffix_matches_the_pair_style_colours(tmp_path: Path) -> None:
-    from hrstyle.inference.color import color_statistics
+    from hrstyle.image.color import color_statistics
 
     cfg = config(tmp_path)
     (plain,), (matched,), (both,) = (build_methods([m], cfg, torch.device("cpu"))
@@ -210,6 +207,7 @@ def _script(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_script_end_to_end(tmp_path: Path, inputs) -> None:
     contents, styles = inputs
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt", "/nonexistent/style.jpg")

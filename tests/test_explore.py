@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT, compose_config, image, load_script, random_photo
 from PIL import Image, ImageFont
 from torch import nn
 from torchvision import models
 
-from conftest import ROOT, compose_config, load_script, random_photo
 from hrstyle.errors import UserError
 from hrstyle.explore import (
     FeatureMatchLoss,
@@ -36,7 +36,8 @@ from hrstyle.explore import (
 from hrstyle.explore.figures import wrap_text
 from hrstyle.losses import ContentStyleLoss, VGGFeatures, layer_names
 from hrstyle.optimization import optimize_image
-from test_optimize import image, one_thread  # noqa: F401 - the same tiny test images; one thread (autouse)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny images: one thread
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import textwrap
 
 import pytest
 import torch
+from helpers import ROOT
 
-from conftest import ROOT
+from hrstyle.checkpoint import save_generator
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import save_generator
-from hrstyle.inference.export import export_checkpoint, export_onnx, export_torchscript, verify_exports
+from hrstyle.inference.onnx.export import export_checkpoint, export_onnx, export_torchscript, verify_exports
 from hrstyle.models import HRNet
 
 # Odd, not a multiple of 4, tiny (1 pixel high), square, and batches of 2.
@@ -128,6 +128,7 @@ def run_script(tmp_path, *args):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_script_end_to_end(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "out"

@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, random_photo
 from PIL import Image
 
-from conftest import ROOT, random_photo
 from hrstyle.errors import UserError
+from hrstyle.image.color import rgb_to_ycbcr, ycbcr_to_rgb
+from hrstyle.image.tiles import make_tiles
 from hrstyle.inference import Stylizer, apply_strength, plan_jobs, preserve_color, save_generator, stylize_files
-from hrstyle.inference.color import rgb_to_ycbcr, ycbcr_to_rgb
-from hrstyle.inference.tiling import make_tiles, stylize_tiled
+from hrstyle.inference.tiling import stylize_tiled
 from hrstyle.models import HRNet
 
 SHIPPED = ROOT / "checkpoints" / "starry.pt"
@@ -63,13 +64,13 @@ def test_tiled_equals_untiled(stylizer, size, tile):
 
 
 def test_blend_weights_sum_to_one():
-    from hrstyle.inference.tiling import _blend_weights
+    from hrstyle.image.tiles import blend_weights
 
     h, w, margin, half = 150, 203, 32, 16
     total = torch.zeros(h, w)
     for t in make_tiles(h, w, 96, margin):
-        wy = _blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)
-        wx = _blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)
+        wy = blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)
+        wx = blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)
         total[t.cy0 : t.cy1, t.cx0 : t.cx1] += wy[:, None] * wx[None, :]
     torch.testing.assert_close(total, torch.ones(h, w))
 
@@ -232,7 +233,7 @@ def test_guided_filter_control_follows_the_checkpoint_unless_set(checkpoint, tmp
 
 def test_match_color_moves_the_colour_distribution_and_nothing_else():
     from hrstyle.evaluation.metrics import edge_ssim
-    from hrstyle.inference.color import color_statistics, match_color
+    from hrstyle.image.color import color_statistics, match_color
 
     torch.manual_seed(0)
     photo = torch.rand(1, 3, 48, 64) * 0.4 + 0.3  # a mid-tone photo: the mapped colours stay in [0, 1]
@@ -253,10 +254,11 @@ def test_match_color_moves_the_colour_distribution_and_nothing_else():
         match_color(photo, target, strength=1.5)
 
 
+@pytest.mark.slow
 def test_color_match_follows_the_checkpoint_and_needs_the_style_statistics(checkpoint, tmp_path):
+    from hrstyle.checkpoint import style_color_entry
+    from hrstyle.image.color import color_statistics
     from hrstyle.inference import load_generator
-    from hrstyle.inference.checkpoint import style_color_entry
-    from hrstyle.inference.color import color_statistics
 
     model, meta = load_generator(checkpoint)
     style = torch.rand(1, 3, 20, 20) * 0.3

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hrstyle.checkpoint import style_color_entry
 from hrstyle.errors import UserError
+from hrstyle.image import lift as lift_module
+from hrstyle.image.color import color_statistics, match_color
+from hrstyle.image.guided import affine_field, apply_affine, box_mean, guided_filter
+from hrstyle.image.lift import _field_rows, downscale, lift, upsample, working_shape
 from hrstyle.inference import Stylizer, save_generator
-from hrstyle.inference import lift as lift_module
-from hrstyle.inference.checkpoint import style_color_entry
-from hrstyle.inference.color import color_statistics, match_color
-from hrstyle.inference.lift import _field_rows, downscale, lift, upsample, working_shape
-from hrstyle.inference.photoreal import affine_field, apply_affine, box_mean, guided_filter
 from hrstyle.models import HRNet
 
 #: A ridge so small that every window's fit is exact where the photo has texture (noise everywhere).

@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import OFFLINE_VGG16, needs_shared
 from torch import nn
 from torchvision import models
 
-from conftest import OFFLINE_VGG16, needs_shared
 from hrstyle.errors import UserError
 from hrstyle.losses import ContentStyleLoss, VGGFeatures, WeightsUnavailableError, gram_matrix, layer_names
 
@@ -218,7 +218,7 @@ def test_photoreal_term_penalizes_invented_texture_and_trains():
 
 
 def test_sliced_wasserstein_sees_the_whole_distribution():
-    from hrstyle.losses.distributions import mean_std_distance, mean_std, random_directions, sliced_wasserstein
+    from hrstyle.losses.distributions import mean_std, mean_std_distance, random_directions, sliced_wasserstein
 
     g = torch.Generator().manual_seed(0)
     target = torch.randn(4, 2000, generator=g)
@@ -259,7 +259,7 @@ def test_darkening_a_photo_darker_than_the_style_raises_the_colour_distribution_
     """Why the colour-distribution term: whatever the feature statistics reward (a darker picture has
     less texture, which a smooth style photo also lacks), the style's colours are a target that a
     darker picture only moves away from when the photo is already darker than the style."""
-    from hrstyle.data.images import load_image
+    from hrstyle.image.io import load_image
 
     photo = load_image(str(OFFLINE_VGG16.parent.parent / "data" / "content" / "fps_in81.png"), max_size=128)[None]
     style = load_image(str(OFFLINE_VGG16.parent.parent / "data" / "styles" / "fps_in81.png"), max_size=128)[None]

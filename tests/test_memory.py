@@ -3,13 +3,13 @@ Stylizer and the file runner follow it."""
 
 import pytest
 import torch
+from helpers import random_photo
 
-from conftest import random_photo
 from hrstyle.errors import UserError
+from hrstyle.image.tiles import min_tile_size
 from hrstyle.inference import Stylizer, plan_jobs, stylize_files
-from hrstyle.inference import memory
-from hrstyle.inference.memory import GIB, TilingPlan, arena_bytes, plan_tiling, tile_bytes, untiled_bytes
-from hrstyle.inference.tiling import min_tile_size
+from hrstyle.inference.onnx import memory
+from hrstyle.inference.onnx.memory import GIB, TilingPlan, arena_bytes, plan_tiling, tile_bytes, untiled_bytes
 
 pytest.importorskip("onnxruntime")
 
@@ -31,7 +31,7 @@ def test_an_arena_is_held_for_one_large_shape_and_never_beside_other_runs(tiny_c
     """The arena grown for a large batch is kept for the next batch of that shape (no page faults),
     and dropped (its memory freed) before another large shape; no arena, small or large, is held
     during an arena-less or a tiled run (the budget plans those alone)."""
-    from hrstyle.inference import ort_backend
+    from hrstyle.inference.onnx import backend as ort_backend
 
     stylizer = Stylizer(tiny_checkpoint, device="cpu", cache_dir=tmp_path / "cache")
     ort = stylizer._ort

@@ -8,31 +8,28 @@ import sys
 
 import pytest
 import torch
+from helpers import (
+    OFFLINE_VGG16,
+    ROOT,
+    SHARED_CONTENT,
+    SHARED_STYLES,
+    compose_config,
+    image,
+    load_script,
+    needs_shared,
+    random_photo,
+)
 from PIL import Image
 
-from conftest import OFFLINE_VGG16, ROOT, SHARED_CONTENT, SHARED_STYLES, compose_config, load_script, needs_shared, random_photo
-from hrstyle.data.images import load_image
 from hrstyle.errors import UserError
+from hrstyle.image.io import load_image
 from hrstyle.losses import ContentStyleLoss
 from hrstyle.optimization import OptimizationResult, optimize_image
 
 KEYS = {"loss", "content_loss", "style_loss", "tv_loss"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny images: one thread is as fast, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def image(seed: int, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    h, w = size
-    ramp = torch.linspace(0, 1, w).expand(3, h, w)
-    return (0.6 * ramp + 0.4 * torch.rand(3, h, w, generator=gen)).unsqueeze(0)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny images: one thread is as fast, and much faster when the CPU is shared
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT
 
-from conftest import ROOT
 from hrstyle.errors import UserError
 from hrstyle.inference import Stylizer, save_generator
 from hrstyle.models import HRNet
@@ -77,8 +77,8 @@ def test_post_controls_apply_on_the_onnx_path(setup):
 
 
 def test_cache_is_reused_and_keyed_by_content(setup, tmp_path, monkeypatch):
-    import hrstyle.inference.export as export
-    from hrstyle.inference.ort_backend import cache_path
+    import hrstyle.inference.onnx.export as export
+    from hrstyle.inference.onnx.backend import cache_path
 
     ckpt, cache, fast, _ = setup
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("re-exported a cached checkpoint"))
@@ -90,8 +90,8 @@ def test_cache_is_reused_and_keyed_by_content(setup, tmp_path, monkeypatch):
 
 
 def test_falls_back_to_eager_with_a_one_line_warning(setup, tmp_path, monkeypatch, capsys):
-    import hrstyle.inference.export as export
-    import hrstyle.inference.ort_backend as backend
+    import hrstyle.inference.onnx.backend as backend
+    import hrstyle.inference.onnx.export as export
 
     ckpt, _, _, eager = setup
     x = smooth(1, 3, 20, 30)
@@ -141,7 +141,7 @@ def test_onnx_tiled_equals_untiled(setup, size, tile, cache_mb):
 
 
 def test_tiler_measures_each_norm_once_and_caches_small_cuts(setup):
-    from hrstyle.inference.ort_tiling import OrtTiler
+    from hrstyle.inference.onnx.tiling import OrtTiler
 
     _, _, fast, _ = setup
     tiler = OrtTiler(fast._ort.path)
@@ -171,7 +171,7 @@ def test_warm_start_imports_neither_the_exporter_nor_the_training_stack(setup):
 
 def test_sessions_plan_no_memory_pattern():
     """With dynamic H, W a memory pattern is planned per shape next to the arena: twice the peak."""
-    from hrstyle.inference.ort_backend import session_options
+    from hrstyle.inference.onnx.backend import session_options
 
     assert session_options(1, arena=True).enable_mem_pattern is False
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import OFFLINE_VGG16, SHARED, SHARED_CONTENT, SHARED_STYLES, compose_train, needs_shared
 
-from conftest import OFFLINE_VGG16, SHARED, SHARED_CONTENT, SHARED_STYLES, needs_shared
-from hrstyle.data.images import load_image
 from hrstyle.evaluation import StyleMetrics
+from hrstyle.image.io import load_image
 from hrstyle.inference import Stylizer, load_generator
 from hrstyle.training.train import train
-from test_configs import compose_train
 
 TRAIN_PHOTOS = SHARED / "data" / "train"
 
@@ -70,9 +69,9 @@ def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(tmp_
     (green valley): the network alone must move the regions towards the style's (the Gram recipe moved
     them away: 42.7 against the photo's 34.5) without darkening (the Gram recipe: 31.7 L* darker than
     the style), and what a user gets (the checkpoint's defaults) must beat the global colour transfer."""
-    from hrstyle.evaluation.regional import load_label_map, regional_color_distance
-    from hrstyle.inference.color import color_statistics, match_color
     from hrstyle.evaluation.metrics import lightness_gap
+    from hrstyle.evaluation.regional import load_label_map, regional_color_distance
+    from hrstyle.image.color import color_statistics, match_color
 
     cfg = compose_train([
         "experiment=cpu_quick", "trainer.max_steps=300", "trainer.enable_progress_bar=false",

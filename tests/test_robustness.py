@@ -14,27 +14,26 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import FAST, ROOT, compose_train, random_photo, run_script
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
-from conftest import ROOT, random_photo
 from hrstyle.cli import hydra_argv
 from hrstyle.data.datamodule import ContentDataModule, RandomCrops
-from hrstyle.data.images import load_image, open_rgb, save_image_atomic
 from hrstyle.errors import UserError
+from hrstyle.image.io import load_image, open_rgb, save_image_atomic
 from hrstyle.inference import Stylizer, plan_many, stylize_files
 from hrstyle.inference.files import Job
 from hrstyle.losses import ContentStyleLoss
 from hrstyle.training.preemption import EXIT_INTERRUPTED, resume_command
 from hrstyle.training.train import train
-from test_configs import compose_train
-from test_train import FAST
 
 # --------------------------------------------------------------------------- bad image files
 
@@ -211,10 +210,6 @@ def test_paths_as_people_type_them_reach_hydra_intact():
         hydra_argv(["stray.jpg"])
 
 
-def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300):
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
 
 
 def test_infer_takes_plain_paths_with_spaces_and_accents(tmp_path, tiny_checkpoint):
@@ -235,6 +230,7 @@ def test_infer_takes_plain_paths_with_spaces_and_accents(tmp_path, tiny_checkpoi
 ODD_NAMES = ["photo[1].jpg", "{x}.png", "a=b,c.jpg", "-lead.png", "~tilde.jpg", "${HOME}.png", "(1) é.jpg"]
 
 
+@pytest.mark.slow
 def test_every_file_name_a_person_can_have(tmp_path, tiny_checkpoint):
     """Files and a folder with []{}=, and a leading - or ~, through input=, positional arguments and output=;
     an existing name is never read as a glob, and a glob that matches nothing says so."""
@@ -265,6 +261,7 @@ def test_every_file_name_a_person_can_have(tmp_path, tiny_checkpoint):
     assert proc.returncode == 2 and "no file matches the pattern" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_training_and_resume_take_odd_paths(tmp_path):
     """style.image=, data.content=, hydra.run.dir= and ckpt_path= with []{}=, in them."""
     photos = tmp_path / "photos [2024] {x}=y,z"
@@ -504,6 +501,7 @@ def _steps(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_a_true_continuation(crash_runs):
     tmp, runs = crash_runs
     assert runs["full"].returncode == 0, runs["full"].stderr[-2000:]
@@ -528,6 +526,7 @@ def test_sigkill_then_resume_is_a_true_continuation(crash_runs):
     assert not list((tmp / "killed" / "checkpoints").glob("*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
 def test_preemption_saves_the_step_and_the_same_command_resumes(crash_runs, signum):
     """A scheduler's SIGTERM (or SLURM's SIGUSR1) mid-run: the running step finishes, last.ckpt is written
@@ -537,7 +536,7 @@ def test_preemption_saves_the_step_and_the_same_command_resumes(crash_runs, sign
     stopped, requeued = runs[signum], runs[f"{signum}-requeued"]
     assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-2000:]
     last = tmp / signum / "checkpoints" / "last.ckpt"
-    line = next(l for l in stopped.stderr.splitlines() if l.startswith("Interrupted at step 4"))
+    line = next(t for t in stopped.stderr.splitlines() if t.startswith("Interrupted at step 4"))
     assert f"saved {last}" in line and "resume with: python" in line and "ckpt_path=last" in line
     assert "Traceback" not in stopped.stderr
     assert "starting a new run" in stopped.stdout  # the first launch found nothing to resume
@@ -559,6 +558,7 @@ def test_resume_command_names_the_run_folder_and_keeps_the_other_arguments():
                                 "ckpt_path=last", "hydra.run.dir=/runs/a b"]
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_deterministic(crash_runs):
     """Two processes with the same seed (the full run and the killed one) give identical
     losses for their first steps, crop for crop."""
@@ -737,3 +737,20 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, a.memory_bytes
     peak_gib, budget_a, budget_b = map(float, proc.stdout.split()[-3:])
     assert budget_a == budget_b == 4
     assert peak_gib <= 4, f"peak {peak_gib:.2f} GiB over the 4 GiB budget"
+
+
+def test_dataloader_workers_leave_a_preemption_signal_to_the_trainer(tmp_path, photo_dir):
+    """SLURM signals every process of a job: a DataLoader worker that died of SIGTERM took training down
+    ("DataLoader worker is killed by signal: Terminated") before the step could be saved. Workers ignore it."""
+    data = ContentDataModule(str(photo_dir), image_size=32, batch_size=1, val_count=1, num_workers=1)
+    data.setup("fit")
+    batches = iter(data.train_dataloader())
+    next(batches)
+    for worker in batches._workers:  # the worker processes of this iterator
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    for _ in range(3):
+        assert next(batches).shape == (1, 3, 32, 32)
+    assert all(worker.is_alive() for worker in batches._workers)
+    del batches

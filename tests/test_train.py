@@ -5,21 +5,11 @@ import sys
 
 import pytest
 import torch
+from helpers import FAST, ROOT, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT
 from hrstyle.errors import UserError
 from hrstyle.training.train import train
-from test_configs import compose_train
-
-FAST = [
-    "trainer=cpu", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "data.image_size=32", "data.batch_size=2", "data.val_count=2", "data.val_size=32", "data.num_workers=0",
-    "loss.arch=vgg16", "loss.weights=random", "loss.content_layer=conv2_2",
-    "loss.style_layers=[conv1_1,conv2_1]", "loss.style_layer_weights=[1.0,0.5]", "style.size=48",
-    "preview_every=2", "callbacks.model_checkpoint.every_n_train_steps=2",
-]
 
 
 def fast_cfg(tmp_path, photo_dir, style_path, *extra):

@@ -1,12 +1,10 @@
-"""Content data (folder, single photo, built-in samples) and image I/O."""
+"""Content data: a folder of photos, one photo, or the built-in samples, as training crops."""
 
-from hrstyle.data.images import IMAGE_EXTENSIONS, find_images, load_image, open_rgb, save_image_atomic
-
-__all__ = ["IMAGE_EXTENSIONS", "ContentDataModule", "find_images", "load_image", "open_rgb", "save_image_atomic"]
+__all__ = ["ContentDataModule"]
 
 
 def __getattr__(name: str):
-    # The data module needs Lightning; image I/O must not (inference imports it, and never Lightning).
+    # The data module needs Lightning; importing the package must not (inference never needs it).
     if name == "ContentDataModule":
         from hrstyle.data.datamodule import ContentDataModule
 

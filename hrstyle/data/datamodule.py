@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,9 +14,9 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hrstyle.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, find_images, open_rgb, pil_to_tensor
 from hrstyle.data.samples import sample_images
 from hrstyle.errors import UserError
+from hrstyle.image.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, find_images, open_rgb, pil_to_tensor
 from hrstyle.paths import user_path
 
 ImageSource = Path | Image.Image
@@ -156,6 +157,15 @@ class FixedViews(Dataset):
         return pil_to_tensor(img.crop((x0, y0, x0 + self.size, y0 + self.size)))
 
 
+def leave_preemption_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGUSR1. SLURM signals every process of a job, and a worker that
+    died of it took the training process down with "DataLoader worker killed" before the step could finish
+    and be saved; the main process handles the signal (``training.preemption``) and shuts its workers down."""
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class ContentDataModule(pl.LightningDataModule):
     """Content images for style training.
 
@@ -280,6 +290,7 @@ class ContentDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=leave_preemption_to_the_trainer if self.num_workers > 0 else None,
         )
 
     def val_dataloader(self) -> DataLoader:

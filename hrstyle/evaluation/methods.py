@@ -14,10 +14,10 @@ A method string is one of:
   checkpoint with the inference defaults it recommends (its guided filter and colour match), i.e.
   what ``scripts/infer.py`` gives with no options;
 * any of these with ``+guided`` appended (``checkpoints/starry.pt+guided``): the same method
-  followed by the photorealism control, the guided filter of ``hrstyle.inference.photoreal``
+  followed by the photorealism control, the guided filter of ``hrstyle.image.guided``
   with the photo as guide (``guided.radius``, ``guided.eps`` from the config);
 * any of these with ``+color`` appended (``<run>+guided+color``): the same method followed by
-  the match to the style's colour statistics (``hrstyle.inference.color.match_color``, strength
+  the match to the style's colour statistics (``hrstyle.image.color.match_color``, strength
   ``color.strength`` from the config), taken from the style image of the pair; ``+color@S`` sets
   the strength S in [0, 1] for that method alone (``identity+color@1``: the global colour transfer
   of the photo, the baseline every photo style must beat).
@@ -39,8 +39,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from hrstyle.checkpoint import PROJECT_ROOT
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import PROJECT_ROOT
 from hrstyle.paths import user_path
 
 BUILTIN = ("identity", "gatys", "paper")
@@ -271,7 +271,7 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
         elif spec == "paper":
             methods.append(_paper_method(shared, _to_dict(_cfg_get(cfg, "paper")), seed, progress))
         elif path.suffix.lower() in CHECKPOINT_SUFFIXES:
-            from hrstyle.inference.checkpoint import resolve_checkpoint
+            from hrstyle.checkpoint import resolve_checkpoint
 
             methods.append(_checkpoint_method(resolve_checkpoint(path), device, defaults=defaults))
         elif path.is_dir():
@@ -282,7 +282,7 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
 
 
 def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
-    from hrstyle.inference.photoreal import DEFAULT_RADIUS, guided_filter
+    from hrstyle.image.guided import DEFAULT_RADIUS, guided_filter
 
     radius, eps = int(opts.get("radius", DEFAULT_RADIUS)), float(opts.get("eps", 1e-3))
     inner = method.fn
@@ -303,7 +303,7 @@ def _strength(spec: str, text: str) -> float:
 
 
 def _with_color_match(method: Method, opts: dict[str, Any], label: str | None = None) -> Method:
-    from hrstyle.inference.color import color_statistics, match_color
+    from hrstyle.image.color import color_statistics, match_color
 
     strength = float(opts.get("strength", 0.5))
     if not 0.0 <= strength <= 1.0:

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from kornia.color import rgb_to_lab
 from PIL import Image
 
-from hrstyle.data.images import IMAGE_EXTENSIONS
 from hrstyle.errors import UserError
-from hrstyle.inference.color import sqrtm_psd
+from hrstyle.image.color import sqrtm_psd
+from hrstyle.image.io import IMAGE_EXTENSIONS
 from hrstyle.paths import user_path
 
 #: Labels covering less than this share of either image are ignored (a few stray pixels are no region).

@@ -34,11 +34,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from hrstyle.data.images import load_image, resize_long_side, save_image_atomic, tensor_to_pil
 from hrstyle.errors import UserError
 from hrstyle.evaluation.methods import Method, _cfg_get, build_methods
 from hrstyle.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import find_label_map, load_label_map, regional_color_distance
+from hrstyle.image.io import load_image, resize_long_side, save_image_atomic, tensor_to_pil
 from hrstyle.paths import user_path, write_atomic
 
 #: Keys measured against the style image: the regional colour distance (None without masks) and the

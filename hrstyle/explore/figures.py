@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from hrstyle.data.images import tensor_to_pil
 from hrstyle.explore.layers import LayerInfo, truncated
 from hrstyle.explore.reconstruct import Reconstruction
+from hrstyle.image.io import tensor_to_pil
 from hrstyle.losses.vgg import VGGFeatures
 
 BACKGROUND = (255, 255, 255)

@@ -1,7 +1,7 @@
 """Inference: stylize images with a trained checkpoint, tiled when large; export."""
 
-from hrstyle.inference.checkpoint import load_generator, save_generator
-from hrstyle.inference.color import apply_strength, preserve_color
+from hrstyle.checkpoint import load_generator, save_generator
+from hrstyle.image.color import apply_strength, preserve_color
 from hrstyle.inference.files import Job, plan_jobs, plan_many, stylize_files
 from hrstyle.inference.stylizer import Stylizer
 from hrstyle.inference.tiling import stylize_tiled

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from hrstyle.data.images import (
+from hrstyle.errors import UserError
+from hrstyle.image.io import (
     DEFAULT_MAX_PIXELS,
     is_image_file,
     open_rgb,
@@ -24,7 +25,6 @@ from hrstyle.data.images import (
     save_image_atomic,
     tensor_to_pil,
 )
-from hrstyle.errors import UserError
 from hrstyle.inference.stylizer import Stylizer
 from hrstyle.paths import user_path
 

@@ -11,14 +11,15 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from hrstyle.data.images import pil_to_tensor, tensor_to_pil
+from hrstyle.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
-from hrstyle.inference.color import apply_strength, match_color, preserve_color
-from hrstyle.inference.lift import downscale, lift, upsample, working_shape
-from hrstyle.inference.memory import TilingPlan, memory_turn, plan_tiling, process_budget
-from hrstyle.inference.photoreal import guided_filter
-from hrstyle.inference.tiling import RECEPTIVE_RADIUS, min_tile_size, stylize_tiled
+from hrstyle.image.color import apply_strength, match_color, preserve_color
+from hrstyle.image.guided import guided_filter
+from hrstyle.image.io import pil_to_tensor, tensor_to_pil
+from hrstyle.image.lift import downscale, lift, upsample, working_shape
+from hrstyle.image.tiles import RECEPTIVE_RADIUS, min_tile_size
+from hrstyle.inference.onnx.memory import TilingPlan, memory_turn, plan_tiling, process_budget
+from hrstyle.inference.tiling import stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("auto", "onnx", "eager")
@@ -205,7 +206,7 @@ class Stylizer:
             if backend == "onnx":
                 raise UserError(f"backend=onnx runs fp32 on the CPU without compile; not with {', '.join(reasons)}")
             return None
-        from hrstyle.inference.ort_backend import BackendUnavailable, load_ort_generator
+        from hrstyle.inference.onnx.backend import BackendUnavailable, load_ort_generator
 
         try:
             return load_ort_generator(resolve_checkpoint(checkpoint), self.model, cache_dir,

@@ -1,7 +1,13 @@
 """Loss network (frozen VGG) and the content/style/TV losses computed on it."""
 
+from hrstyle.losses.perceptual import (
+    DEFAULT_STYLE_LAYERS,
+    PAPER_STYLE_LAYERS,
+    ContentStyleLoss,
+    gram_matrix,
+    total_variation,
+)
 from hrstyle.losses.photoreal import photorealism_residual
-from hrstyle.losses.perceptual import DEFAULT_STYLE_LAYERS, PAPER_STYLE_LAYERS, ContentStyleLoss, gram_matrix, total_variation
 from hrstyle.losses.vgg import VGGFeatures, WeightsUnavailableError, layer_names
 
 __all__ = [

@@ -13,8 +13,8 @@ would be normalized with its own statistics and the tiles would no longer agree.
   identically.
 """
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ class StatsInstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` (affine, no running stats) with recordable statistics."""
 
     # Declared for TorchScript, which otherwise types the attribute from its first value (None).
-    recorded: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    recorded: tuple[torch.Tensor, torch.Tensor] | None
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
@@ -63,7 +63,7 @@ def set_norm_mode(model: nn.Module, mode: str) -> None:
 def frozen_norm_stats(
     model: nn.Module,
     reference: torch.Tensor,
-    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[None]:
     """Within the block, normalize with the instance-norm statistics of ``reference``.
 

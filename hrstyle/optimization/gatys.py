@@ -157,7 +157,7 @@ def optimize_image(
 
     try:
         with torch.enable_grad():
-            for step in range(steps):
+            for step in range(steps):  # noqa: B007 - `step` says where an interrupt stopped (below)
                 optimizer.step(closure)  # exactly one closure call for Adam and for LBFGS(max_iter=1)
             step = steps
             with torch.no_grad():

@@ -10,14 +10,13 @@ import torch
 import torchvision
 from torch import nn
 
-from hrstyle.data.images import DEFAULT_MAX_PIXELS, load_image
+from hrstyle.checkpoint import CHECKPOINT_KEY, style_color_entry
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import load_label_map, regional_color_distance
-from hrstyle.inference.checkpoint import CHECKPOINT_KEY, style_color_entry
+from hrstyle.image.io import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.losses import ContentStyleLoss
 from hrstyle.paths import user_path
-
 
 #: Long side of the ``regional`` photo at validation (the evaluation's default size).
 REGIONAL_SIZE = 384
@@ -43,11 +42,11 @@ class StyleTransferModule(pl.LightningModule):
             into flat fields or stripes shows it in these curves within minutes, where the
             loss alone does not.
         guided_radius: the photorealism control this style should get at inference by
-            default (``hrstyle.inference.photoreal``; 0 = none), stored in checkpoints.
+            default (``hrstyle.image.guided``; 0 = none), stored in checkpoints.
         color_match: likewise, the strength of the match to the style's colour statistics at
-            inference (``hrstyle.inference.color.match_color``; 0 = none). The statistics
+            inference (``hrstyle.image.color.match_color``; 0 = none). The statistics
             themselves (taken from the style image as loaded here) are stored too.
-        max_pixels: a larger style image is refused (see ``hrstyle.data.images.open_rgb``).
+        max_pixels: a larger style image is refused (see ``hrstyle.image.io.open_rgb``).
         regional: optional ``{"content", "content_mask", "style_mask"}`` paths: a segmented photo
             (never trained on, ideally) and label maps of it and of the style image. Validation then
             also logs ``val/regional``, the evaluation's regional colour distance of the network's

@@ -97,6 +97,6 @@ def resume_command(run_dir: str | os.PathLike, argv: list[str] | None = None) ->
     """The command that resumes this run in its own folder: the script and its arguments, with
     ``ckpt_path=last`` and ``hydra.run.dir=<run_dir>`` in place of any given ones."""
     argv = list(sys.argv if argv is None else argv)
-    keep = [a for a in argv[1:] if not a.split("=", 1)[0].lstrip("+") in ("ckpt_path", "hydra.run.dir")]
+    keep = [a for a in argv[1:] if a.split("=", 1)[0].lstrip("+") not in ("ckpt_path", "hydra.run.dir")]
     words = ["python", argv[0], *keep, "ckpt_path=last", f"hydra.run.dir={run_dir}"]
     return " ".join(shlex.quote(w) for w in words)

@@ -7,18 +7,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from hrstyle.data.images import DEFAULT_MAX_PIXELS
+from hrstyle.checkpoint import CHECKPOINT_KEY
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import CHECKPOINT_KEY
+from hrstyle.image.io import DEFAULT_MAX_PIXELS
+from hrstyle.paths import user_path
 from hrstyle.training.checkpoint_io import AtomicCheckpointIO
 from hrstyle.training.module import StyleTransferModule
 from hrstyle.training.preemption import RESUME_LATEST, Interrupted, SaveOnPreemption, find_latest
-from hrstyle.paths import user_path
 
 
 def check_devices(trainer_cfg: DictConfig) -> None:

@@ -36,24 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from hrstyle.inference.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from hrstyle.inference.onnx.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from hrstyle.inference.onnx.memory import ARENA_MAX_PIXELS
+from hrstyle.inference.onnx.session import BackendUnavailable, default_threads, import_onnxruntime, make_session
+from hrstyle.inference.onnx.tiling import OrtTiler
 from hrstyle.paths import user_path
-
-#: Batches up to this many pixels run on a session with ONNX Runtime's memory arena: 1.6× faster at
-#: 1024² (no page faults: without it a third of the CPU time was the kernel's), but twice the peak
-#: memory (5.1 against 2.6 GB at 1024²), held by the session between images (shrinking the arena after
-#: each run gave the page faults back: 5.5 s). Larger batches keep an arena only when asked to
-#: (``arena=True``: the memory budget allows its ~3.4 KB/px, ``memory.plan_tiling``), and only for
-#: one shape at a time; else they run on a session without one. No arena is held during an arena-less
-#: or tiled run: the budget plans those as if they were alone.
-ARENA_MAX_PIXELS = 1_600_000
 
 #: Largest |ONNX Runtime - eager| accepted for a fresh export (on the 61×47 check image: ~1e-6).
 EXPORT_TOLERANCE = 1e-3
-
-
-class BackendUnavailable(RuntimeError):
-    """The ONNX Runtime backend cannot be used here (the message says why)."""
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -64,11 +54,6 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         return user_path(os.environ["HRSTYLE_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return user_path(base) / "hrstyle"
-
-
-def default_threads() -> int:
-    """Intra-op threads: as many as torch uses (the machine's cores, or OMP_NUM_THREADS / set_num_threads)."""
-    return max(1, torch.get_num_threads())
 
 
 def _code_digest(model: nn.Module) -> bytes:
@@ -148,43 +133,6 @@ def accurate_norms(model: Any) -> Any:
     return model
 
 
-def import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
-    return onnxruntime
-
-
-def session_options(threads: int | None = None, arena: bool = False) -> Any:
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = arena
-    # No memory pattern: with dynamic H and W it is planned after the first run of each shape
-    # and allocated next to the arena, which doubled the peak at 1024² (5.1 against 2.7 GB)
-    # and made the second image pay the page faults again (7 s instead of 3 s).
-    options.enable_mem_pattern = False
-    options.log_severity_level = 3  # errors only: the NCHWc notices are not for users
-    # Idle pool threads sleep instead of spinning: the ops here are milliseconds long, and spinning
-    # threads steal the cores from PyTorch's own threads (pre/post-processing, another model in the
-    # same process) and from other processes.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def make_session(model: str | os.PathLike | bytes, threads: int | None = None, arena: bool = False) -> Any:
-    ort = import_onnxruntime()
-    source = model if isinstance(model, bytes) else str(model)
-    # The arena grows by what is requested, not by the next power of two: the untouched rest of a
-    # doubled chunk costs nothing, but a doubled chunk that is later touched does.
-    provider = ("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})
-    return ort.InferenceSession(source, session_options(threads, arena), providers=[provider])
-
-
 def export_cached(checkpoint: str | os.PathLike, model: nn.Module, cache_dir: str | os.PathLike | None = None,
                   opset: int = DEFAULT_OPSET, log: Any = None) -> Path:
     """The ONNX file of ``model`` (the generator of ``checkpoint``): from the cache, or exported,
@@ -200,7 +148,7 @@ def export_cached(checkpoint: str | os.PathLike, model: nn.Module, cache_dir: st
     try:
         import onnx
 
-        from hrstyle.inference.export import export_onnx, verify_exports
+        from hrstyle.inference.onnx.export import export_onnx, verify_exports
 
         export_onnx(model, tmp, opset)
         onnx.save(accurate_norms(onnx.load(str(tmp))), str(tmp_fast))
@@ -270,7 +218,6 @@ class OrtGenerator:
 
     def tiled(self, image: torch.Tensor, tile_size: int, margin: int, cache_bytes: int | None = None) -> torch.Tensor:
         """One (1, 3, H, W) image, tiled, equal to ``self(image)`` up to float rounding."""
-        from hrstyle.inference.ort_tiling import OrtTiler
 
         self._release_arena()
         if self._tiler is None:

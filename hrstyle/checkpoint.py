@@ -68,7 +68,7 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
 
 def style_color_entry(style: torch.Tensor) -> dict[str, Any]:
     """The checkpoint entry ``style_color`` for a (1, 3, H, W) style image in [0, 1]."""
-    from hrstyle.inference.color import color_statistics
+    from hrstyle.image.color import color_statistics
 
     mean, cov = color_statistics(style)
     return {"mean": mean.tolist(), "cov": cov.tolist()}
@@ -85,7 +85,7 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
         return (torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(stats["cov"], dtype=torch.float64))
     image = meta.get("style_image")
     if image and user_path(image).is_file():
-        from hrstyle.data.images import load_image
+        from hrstyle.image.io import load_image
 
         return style_color_statistics({"style_color": style_color_entry(
             load_image(user_path(image), max_size=STYLE_COLOR_SIZE))})

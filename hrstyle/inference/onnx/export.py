@@ -22,7 +22,7 @@ What they need at run time:
   Batch, height and width are dynamic axes named ``batch``, ``height``, ``width``.
 
 Large photos: run the network at a working resolution and lift (what ``Stylizer`` does by
-default, ``work_size=512``; ``hrstyle.inference.lift``). The exported network is only the first
+default, ``work_size=512``; ``hrstyle.image.lift``). The exported network is only the first
 step; a deployment does the rest in a few lines of array code:
 
 1. ``small`` = the photo resized (antialiased) so its long side is ``work_size`` (never upscaled).
@@ -37,10 +37,10 @@ step; a deployment does the rest in a few lines of array code:
    bilinearly (half-pixel centres, ``align_corners=False``) to the photo's size, and
    ``out = clamp(A(x)·photo(x) + b(x), 0, 1)``.
 4. The checkpoint's colour match (its ``color_match`` strength towards ``style_color``), as
-   ``hrstyle.inference.color.match_color``.
+   ``hrstyle.image.color.match_color``.
 
 Step 3 costs about 12 multiply-adds per pixel and channel at full resolution and can run in bands
-of rows; ``hrstyle.inference.lift.lift`` is the reference implementation.
+of rows; ``hrstyle.image.lift.lift`` is the reference implementation.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hrstyle.checkpoint import load_generator, resolve_checkpoint
 from hrstyle.errors import UserError
-from hrstyle.inference.checkpoint import load_generator, resolve_checkpoint
 from hrstyle.models.norm import set_norm_mode
 
 #: Export formats and the file suffix of each.

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrstyle.inference.export import INPUT_NAME, OUTPUT_NAME
-from hrstyle.inference.memory import available_memory
-from hrstyle.inference.ort_backend import import_onnxruntime, make_session
-from hrstyle.inference.tiling import ALIGN, RECEPTIVE_RADIUS, _blend_weights, make_tiles, min_tile_size
+from hrstyle.image.tiles import ALIGN, RECEPTIVE_RADIUS, blend_weights, make_tiles, min_tile_size
+from hrstyle.inference.onnx.export import INPUT_NAME, OUTPUT_NAME
+from hrstyle.inference.onnx.memory import available_memory
+from hrstyle.inference.onnx.session import import_onnxruntime, make_session
 
 #: Ops whose output a cut may replace by their inputs (recomputed in the next pass, nearly free).
 CHEAP_OPS = {"Resize", "Concat", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Split", "Identity"}
@@ -249,7 +249,7 @@ class OrtTiler:
         key = (start, p, store)
         if key in self._sessions:
             return self._sessions[key]
-        helper, onnx = self._helper, self._onnx
+        helper = self._helper
         if p is None:
             outputs = [OUTPUT_NAME]
         else:
@@ -381,8 +381,8 @@ class OrtTiler:
         for t, state in zip(tiles, states):
             result = torch.from_numpy(run(t, state, None, False)[OUTPUT_NAME])
             state.tensors, state.nbytes = {}, 0
-            weight = (_blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)[:, None]
-                      * _blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)[None, :])
+            weight = (blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)[:, None]
+                      * blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)[None, :])
             out[..., t.cy0:t.cy1, t.cx0:t.cx1] += result.mul_(weight)
         return out
 

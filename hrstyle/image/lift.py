@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hrstyle.data.images import long_side_size
-from hrstyle.inference.photoreal import FIELD_CHANNELS, affine_field, apply_affine, check_guided
+from hrstyle.image.guided import FIELD_CHANNELS, affine_field, apply_affine, check_guided
+from hrstyle.image.io import long_side_size
 
 #: Output pixels per band: the band's 12 upsampled coefficient maps (48 bytes per pixel, ~6 MB here)
 #: stay in the CPU's cache-friendly range; larger bands measured no faster.
