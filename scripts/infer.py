@@ -18,19 +18,16 @@ from omegaconf import DictConfig, ListConfig  # noqa: E402
 from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
 from hrstyle.data.samples import sample_image  # noqa: E402
 from hrstyle.image.io import save_image_atomic  # noqa: E402
-from hrstyle.inference import Stylizer, plan_many, stylize_files  # noqa: E402
+from hrstyle.inference import Look, Runtime, Stylizer, plan_many, stylize_files  # noqa: E402
 
 
 def run(cfg: DictConfig) -> int:
-    stylizer = Stylizer(
-        cfg.checkpoint, device=cfg.device, work_size=cfg.work_size,
-        precision=cfg.precision, tile_size=cfg.tile_size,
-        tile_margin=cfg.tile_margin, strength=cfg.strength, preserve_color=cfg.preserve_color,
-        channels_last=cfg.channels_last, compile=cfg.compile,
-        guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps, color_match=cfg.get("color_match"),
-        backend=cfg.get("backend", "auto"), cache_dir=cfg.get("cache_dir"), tile_cache_mb=cfg.get("tile_cache_mb"),
-        memory_gb=cfg.get("memory_gb"),
-    )
+    look = Look(work_size=cfg.work_size, strength=cfg.strength, preserve_color=cfg.preserve_color,
+                guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps, color_match=cfg.color_match)
+    runtime = Runtime(device=cfg.device, precision=cfg.precision, backend=cfg.backend, compile=cfg.compile,
+                      channels_last=cfg.channels_last, tile_size=cfg.tile_size, tile_margin=cfg.tile_margin,
+                      tile_cache_mb=cfg.tile_cache_mb, memory_gb=cfg.memory_gb, cache_dir=cfg.cache_dir)
+    stylizer = Stylizer(cfg.checkpoint, look, runtime)
     sources = list(cfg.input) if isinstance(cfg.input, ListConfig) else [cfg.input]
     if sources == [None]:  # nothing given: show what the tool does on a built-in sample
         sources = [str(save_image_atomic(sample_image(0, 512), Path("outputs/stylized/sample_content.png")))]

@@ -171,7 +171,7 @@ def test_warm_start_imports_neither_the_exporter_nor_the_training_stack(setup):
 
 def test_sessions_plan_no_memory_pattern():
     """With dynamic H, W a memory pattern is planned per shape next to the arena: twice the peak."""
-    from hrstyle.inference.onnx.backend import session_options
+    from hrstyle.inference.onnx.session import session_options
 
     assert session_options(1, arena=True).enable_mem_pattern is False
 

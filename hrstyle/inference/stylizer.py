@@ -7,6 +7,8 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from PIL import Image
@@ -52,88 +54,125 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
+class Look:
+    """What the result looks like: the controls a user turns. Fields:
+
+    work_size: the long side (px) at which the network runs; larger photos are downscaled
+        (antialiased) to it, smaller ones run at their size (never upscaled). A photo style
+        (``guided_radius`` > 0) is then lifted to full resolution (``image.lift.lift``: the guided
+        filter's local colour transforms, fitted at the working resolution with radius
+        ``guided_radius`` in working-resolution pixels, applied to the full-resolution photo),
+        so the result keeps every pixel of the photo's detail; a painterly style
+        (``guided_radius`` 0) is upsampled bilinearly (its strokes at the scale the network
+        paints them at the working resolution). None: the network runs at full resolution
+        (tiled when large); the guided filter then runs there too.
+    strength: 1 = full style, 0 = the original photo.
+    preserve_color: keep the photo's colours, take only the stylized luminance.
+    guided_radius, guided_eps: the photorealism control (``image.guided.guided_filter``):
+        with a radius > 0 the output is rewritten as local affine colour transforms of
+        the photo, which removes ripples and streaks and restores the photo's edges.
+        0 leaves the network's output as it is; None (default) takes the radius the
+        checkpoint recommends (its style's ``guided_radius``; 0 when it has none).
+    color_match: move the output's colour distribution (mean and covariance) onto the style
+        image's by one global affine colour map (``color.match_color``), applied after the
+        guided filter: 1 = the style's palette, 0 = the network's own colours. It keeps every
+        edge (a global map) and fixes what a style network trained on few photos misses on
+        unusual ones (a photo far more saturated or darker than any it was trained on).
+        None (default): the checkpoint's recommendation (its style's ``color_match``; 0 when
+        it has none). Needs the style's colour statistics, stored in the checkpoint (or taken
+        from its style image when that file exists).
+    """
+
+    work_size: int | None = DEFAULT_WORK_SIZE
+    strength: float = 1.0
+    preserve_color: bool = False
+    guided_radius: int | None = None
+    guided_eps: float = 1e-3
+    color_match: float | None = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the network runs (the same result on every setting, up to float rounding). Fields:
+
+    device: "auto", "cpu", "cuda", "cuda:1", ...
+    precision: "fp32", or "bf16"/"fp16" (autocast; GPU. bf16 also runs on CPU).
+    tile_size: images with more than tile_size² pixels are processed in tiles of
+        this side (memory stays bounded, the result is the same); 0 disables tiling;
+        None: chosen from ``memory_gb`` on the onnx backend (``memory.plan_tiling``:
+        untiled while that fits, else 1024/768/512 px tiles and a stage cache), 2048 on
+        the CPU with eager PyTorch, 4096 on a GPU. The exact statistics cost about 1.5-3
+        forward passes on the onnx backend when the stage cache holds them, up to ~10 when
+        memory is tight; ~7 eager.
+    tile_margin: context pixels around each tile (>= the 13 px receptive field).
+    channels_last: NHWC memory layout; None: on GPU only (on this CPU it was slower).
+    compile: ``torch.compile`` the generator (slow first call, faster after); tiled
+        images run eagerly (their statistics passes hook into the norm layers).
+    backend: "auto" (default): on the CPU in fp32 without ``compile``, "onnx"; otherwise
+        "eager". "onnx": the generator exported once to ONNX (dynamic height and width,
+        cached on disk per checkpoint, see ``onnx.backend``) and run by ONNX Runtime, tiled
+        images included (``onnx.tiling``): several times faster than eager on the CPU, equal
+        to it within 1e-4 (tested within 1e-3). "eager": PyTorch (any device and precision, ``compile``). When "auto" cannot
+        use ONNX Runtime (not installed, export failed) it warns in one line and runs eager.
+    cache_dir: where exported graphs are kept (None: ``$HRSTYLE_CACHE_DIR``, else
+        ``~/.cache/hrstyle``).
+    tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: what
+        ``memory_gb`` leaves after the image and the tile); 0 recomputes instead (slower).
+    memory_gb: about how much memory (resident, GiB) the onnx backend may use: it decides
+        between untiled and tiled, the tile size, the stage cache and how many same-size
+        images share one forward. It is the process's one budget (``memory.process_budget``):
+        every Stylizer in the process plans within it, and their forwards take turns. None: the
+        budget already set, else three quarters of the memory available when first asked.
+    """
+
+    device: str = "auto"
+    precision: str = "fp32"
+    backend: str = "auto"
+    compile: bool = False
+    channels_last: bool | None = None
+    tile_size: int | None = None
+    tile_margin: int = 32
+    tile_cache_mb: int | None = None
+    memory_gb: float | None = None
+    cache_dir: str | os.PathLike | None = None
+
+
+LOOK_FIELDS = tuple(f.name for f in fields(Look))
+RUNTIME_FIELDS = tuple(f.name for f in fields(Runtime))
+
+
 class Stylizer:
     """Stylize images with a trained checkpoint.
 
     Args:
         checkpoint: a ``.ckpt`` from ``scripts/train.py`` or a compact ``.pt``.
-        work_size: the long side (px) at which the network runs; larger photos are downscaled
-            (antialiased) to it, smaller ones run at their size (never upscaled). A photo style
-            (``guided_radius`` > 0) is then lifted to full resolution (``lift.lift``: the guided
-            filter's local colour transforms, fitted at the working resolution with radius
-            ``guided_radius`` in working-resolution pixels, applied to the full-resolution photo),
-            so the result keeps every pixel of the photo's detail; a painterly style
-            (``guided_radius`` 0) is upsampled bilinearly (its strokes at the scale the network
-            paints them at the working resolution). None: the network runs at full resolution
-            (tiled when large), as before this option; the guided filter then runs there too.
-        device: "auto", "cpu", "cuda", "cuda:1", ...
-        precision: "fp32", or "bf16"/"fp16" (autocast; GPU. bf16 also runs on CPU).
-        tile_size: images with more than tile_size² pixels are processed in tiles of
-            this side (memory stays bounded, the result is the same); 0 disables tiling;
-            None: chosen from ``memory_gb`` on the onnx backend (``memory.plan_tiling``:
-            untiled while that fits, else 1024/768/512 px tiles and a stage cache), 2048 on
-            the CPU with eager PyTorch, 4096 on a GPU. The exact statistics cost about 1.5-3
-            forward passes on the onnx backend when the stage cache holds them, up to ~10 when
-            memory is tight; ~7 eager.
-        tile_margin: context pixels around each tile (>= the 13 px receptive field).
-        strength: 1 = full style, 0 = the original photo.
-        preserve_color: keep the photo's colours, take only the stylized luminance.
-        guided_radius, guided_eps: the photorealism control (``photoreal.guided_filter``):
-            with a radius > 0 the output is rewritten as local affine colour transforms of
-            the photo, which removes ripples and streaks and restores the photo's edges.
-            0 leaves the network's output as it is; None (default) takes the radius the
-            checkpoint recommends (its style's ``guided_radius``; 0 when it has none).
-        color_match: move the output's colour distribution (mean and covariance) onto the style
-            image's by one global affine colour map (``color.match_color``), applied after the
-            guided filter: 1 = the style's palette, 0 = the network's own colours. It keeps every
-            edge (a global map) and fixes what a style network trained on few photos misses on
-            unusual ones (a photo far more saturated or darker than any it was trained on).
-            None (default): the checkpoint's recommendation (its style's ``color_match``; 0 when
-            it has none). Needs the style's colour statistics, stored in checkpoints since this
-            option exists (older ones: taken from their style image when that file exists).
-        channels_last: NHWC memory layout; None: on GPU only (on this CPU it was slower).
-        compile: ``torch.compile`` the generator (slow first call, faster after); tiled
-            images run eagerly (their statistics passes hook into the norm layers).
-        backend: "auto" (default): on the CPU in fp32 without ``compile``, "onnx"; otherwise
-            "eager". "onnx": the generator exported once to ONNX (dynamic height and width,
-            cached on disk per checkpoint, see ``ort_backend``) and run by ONNX Runtime, tiled
-            images included (``ort_tiling``): several times faster than eager on the CPU, equal
-            to it within 1e-4 (tested within 1e-3). "eager": PyTorch (any device and precision, ``compile``). When "auto" cannot
-            use ONNX Runtime (not installed, export failed) it warns in one line and runs eager.
-        cache_dir: where exported graphs are kept (None: ``$HRSTYLE_CACHE_DIR``, else
-            ``~/.cache/hrstyle``).
-        tile_cache_mb: memory for the stage cache of tiled ONNX inference (None: what
-            ``memory_gb`` leaves after the image and the tile); 0 recomputes instead (slower).
-        memory_gb: about how much memory (resident, GiB) the onnx backend may use: it decides
-            between untiled and tiled, the tile size, the stage cache and how many same-size
-            images share one forward. It is the process's one budget (``memory.process_budget``):
-            every Stylizer in the process plans within it, and their forwards take turns. None: the
-            budget already set, else three quarters of the memory available when first asked.
+        look: what the result looks like (``Look``: working resolution, strength, colour, photorealism).
+        runtime: how it runs (``Runtime``: device, precision, backend, tiling, memory).
+        **settings: any field of ``Look`` or ``Runtime`` by name, over ``look`` and ``runtime``:
+            ``Stylizer("winter.pt", strength=0.8, device="cpu")``.
+
 
     ``__call__`` takes an (N, 3, H, W) or (3, H, W) tensor in [0, 1] (any device) or a
     PIL image and returns the same kind: float32 on the CPU for tensors, RGB for PIL.
     """
 
-    def __init__(
-        self,
-        checkpoint: str | os.PathLike,
-        device: str = "auto",
-        precision: str = "fp32",
-        tile_size: int | None = None,
-        tile_margin: int = 32,
-        strength: float = 1.0,
-        preserve_color: bool = False,
-        channels_last: bool | None = None,
-        compile: bool = False,
-        guided_radius: int | None = None,
-        guided_eps: float = 1e-3,
-        backend: str = "auto",
-        cache_dir: str | os.PathLike | None = None,
-        tile_cache_mb: int | None = None,
-        color_match: float | None = None,
-        memory_gb: float | None = None,
-        work_size: int | None = DEFAULT_WORK_SIZE,
-    ) -> None:
+    def __init__(self, checkpoint: str | os.PathLike, look: Look | None = None, runtime: Runtime | None = None,
+                 **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(LOOK_FIELDS) - set(RUNTIME_FIELDS))
+        if unknown:
+            raise TypeError(f"Stylizer got unknown settings {unknown}; a Look has {list(LOOK_FIELDS)}, "
+                            f"a Runtime {list(RUNTIME_FIELDS)}")
+        look = dataclasses.replace(look or Look(), **{k: v for k, v in settings.items() if k in LOOK_FIELDS})
+        runtime = dataclasses.replace(runtime or Runtime(),
+                                      **{k: v for k, v in settings.items() if k in RUNTIME_FIELDS})
+        #: The settings as given (``None`` fields: the checkpoint's recommendation, resolved below).
+        self.look, self.runtime = look, runtime
+        work_size, strength, preserve_color = look.work_size, look.strength, look.preserve_color
+        guided_radius, guided_eps, color_match = look.guided_radius, look.guided_eps, look.color_match
+        device, precision, backend, compile = runtime.device, runtime.precision, runtime.backend, runtime.compile
+        channels_last, tile_size, tile_margin = runtime.channels_last, runtime.tile_size, runtime.tile_margin
+        tile_cache_mb, memory_gb, cache_dir = runtime.tile_cache_mb, runtime.memory_gb, runtime.cache_dir
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if not 0.0 <= strength <= 1.0:
