@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import sys
 from collections.abc import Callable
@@ -131,62 +130,3 @@ def prepare_argv(positional_key: str | None = None) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-#: Set to 0 to keep the scripts from restarting with huge pages (``restart_with_huge_pages``).
-HUGE_PAGES_ENV = "HRSTYLE_HUGE_PAGES"
-_HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
-_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def huge_pages_restart_env(environ: dict[str, str], libc: tuple[str, str], thp_setting: str) -> dict[str, str] | None:
-    """The environment to restart the interpreter with so that glibc's malloc asks for transparent huge
-    pages (``madvise``), or None when that would change nothing.
-
-    Why: ONNX Runtime (and PyTorch) free their large buffers back to the kernel after each forward, and
-    the next forward faults them in again, one 4 KiB page at a time. On a 2-core VM that was most of the
-    time of a tiled or a large image (2048²: 68 of 71 s in the kernel, tiled; 36 of 38 s untiled); with
-    2 MiB pages 34 and 21 s (README "Speed and memory"). glibc reads its tunables only at start-up.
-
-    ``libc`` is ``platform.libc_ver()``; ``thp_setting`` the text of the kernel's THP setting
-    (``always [madvise] never``): only ``madvise`` needs the tunable (``always`` already gives huge
-    pages, ``never`` refuses them). glibc ≥ 2.35 has the tunable.
-    """
-    if environ.get(HUGE_PAGES_ENV, "1") == "0" or "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", ""):
-        return None
-    name, version = libc
-    try:
-        major, minor = (int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return None
-    if name != "glibc" or (major, minor) < (2, 35) or "[madvise]" not in thp_setting:
-        return None
-    tunables = ":".join(t for t in (environ.get("GLIBC_TUNABLES", ""), _HUGETLB_TUNABLE) if t)
-    return {**environ, "GLIBC_TUNABLES": tunables, HUGE_PAGES_ENV: "0"}
-
-
-def restart_with_huge_pages(script: str) -> None:
-    """Re-execute the interpreter once with ``huge_pages_restart_env``'s environment (Linux, glibc, THP in
-    ``madvise`` mode) when ``script`` (the caller's ``__file__``) is the program the interpreter was started
-    with; otherwise return (e.g. a script run in-process by ``runpy`` or a test runner is left alone).
-    Call it first thing, before the heavy imports. ``HRSTYLE_HUGE_PAGES=0`` turns it off (and marks the
-    restarted process)."""
-    if not sys.platform.startswith("linux"):
-        return
-    target = os.path.realpath(script)
-    if not any(os.path.realpath(arg) == target for arg in sys.orig_argv[1:] if not arg.startswith("-")):
-        return
-    try:
-        with open(_THP_SETTING) as fh:
-            thp = fh.read()
-    except OSError:
-        return
-    env = huge_pages_restart_env(dict(os.environ), platform.libc_ver(), thp)
-    if env is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-    except OSError:
-        return  # could not restart: run as is

@@ -116,7 +116,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=100_000, help="entries in the training folder")
+    parser.add_argument("--files", type=int, default=100_000, help="entries in the training folder (0: inference only)")
     parser.add_argument("--photos", type=int, nargs="+", default=[1000, 10_000], help="folder inference sizes")
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "winter.pt"))
     parser.add_argument("--root", default=None, help="where to generate the trees (default: a temporary folder)")
@@ -127,7 +127,9 @@ def main() -> None:
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}")
     try:
         t0 = time.perf_counter()
-        counts = make_tree(base / "train", args.files)
+        if not args.files:  # inference only
+            args.train = False
+        counts = make_tree(base / "train", max(args.files, 20))
         print(f"generated {args.files} training entries in {time.perf_counter() - t0:.1f} s: {counts}")
         scan = measure_scan(base / "train")
         print(f"scan: {scan['images']} images found in {scan['scan_s']:.1f} s; first batch {tuple(scan['batch'])} "

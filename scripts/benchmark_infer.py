@@ -39,17 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from hrstyle.cli import restart_with_huge_pages
+import torch
+from torch import nn
 
-if __name__ == "__main__":
-    restart_with_huge_pages(__file__)  # first: glibc reads its tunables only when the process starts
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from hrstyle.image.lift import downscale, lift, working_shape  # noqa: E402
-from hrstyle.inference import Stylizer  # noqa: E402
-from hrstyle.inference.stylizer import DEFAULT_WORK_SIZE  # noqa: E402
+from hrstyle.image.lift import downscale, lift, working_shape
+from hrstyle.inference import Stylizer
+from hrstyle.inference.stylizer import DEFAULT_WORK_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Generated test photos: megapixels → (width, height), 4:3 like most cameras.
@@ -174,7 +169,7 @@ def run_command(photo: Path, checkpoint: str, work_size: int | None, folder: Pat
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        # wait4: this child's own peak RSS (it re-executes itself in place for huge pages: the same process).
+        # wait4: this child's own peak RSS.
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t0
         child.returncode = os.waitstatus_to_exitcode(status)

@@ -8,18 +8,13 @@ and the stylized images to output=. See configs/evaluate.yaml and hrstyle/evalua
 
 import sys
 
-from hrstyle.cli import restart_with_huge_pages
+import hydra
+from omegaconf import DictConfig
 
-if __name__ == "__main__":
-    restart_with_huge_pages(__file__)  # first: glibc reads its tunables only when the process starts
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
-from hrstyle.errors import UserError  # noqa: E402
-from hrstyle.evaluation.report import evaluate  # noqa: E402
-from hrstyle.image.io import find_images  # noqa: E402
+from hrstyle.cli import prepare_argv, run_or_exit
+from hrstyle.errors import UserError
+from hrstyle.evaluation.report import evaluate
+from hrstyle.image.io import find_images
 
 
 def images(spec: object) -> list:

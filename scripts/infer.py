@@ -7,18 +7,13 @@ globs. See configs/infer.yaml.
 import sys
 from pathlib import Path
 
-from hrstyle.cli import restart_with_huge_pages
+import hydra
+from omegaconf import DictConfig, ListConfig
 
-if __name__ == "__main__":
-    restart_with_huge_pages(__file__)  # first: glibc reads its tunables only when the process starts
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig, ListConfig  # noqa: E402
-
-from hrstyle.cli import prepare_argv, run_or_exit  # noqa: E402
-from hrstyle.data.samples import sample_image  # noqa: E402
-from hrstyle.image.io import save_image_atomic  # noqa: E402
-from hrstyle.inference import Look, Runtime, Stylizer, plan_many, stylize_files  # noqa: E402
+from hrstyle.cli import prepare_argv, run_or_exit
+from hrstyle.data.samples import sample_image
+from hrstyle.image.io import save_image_atomic
+from hrstyle.inference import Look, Runtime, Stylizer, plan_many, stylize_files
 
 
 def run(cfg: DictConfig) -> int:

@@ -27,6 +27,7 @@ def test_small_images_run_untiled_in_batches_that_fit():
     assert plan_tiling(2048, 2048, 15 * GIB) == TilingPlan(0, 1, 0, arena_bytes(2048 * 2048), arena=True)
 
 
+@pytest.mark.slow
 def test_an_arena_is_held_for_one_large_shape_and_never_beside_other_runs(tiny_checkpoint, tmp_path, monkeypatch):
     """The arena grown for a large batch is kept for the next batch of that shape (no page faults),
     and dropped (its memory freed) before another large shape; no arena, small or large, is held
@@ -92,6 +93,7 @@ def test_forced_tile_size_and_impossible_budgets():
         plan_tiling(0, 10, GIB)
 
 
+@pytest.mark.slow
 def test_stylizer_follows_the_plan(tiny_checkpoint, tmp_path, monkeypatch):
     """A budget too small for a 150×200 image (with test-sized tiles) makes the default path tile it,
     with the planned tile and cache, and the result is still the untiled one."""
@@ -121,6 +123,7 @@ def test_stylizer_follows_the_plan(tiny_checkpoint, tmp_path, monkeypatch):
         Stylizer(tiny_checkpoint, device="cpu", cache_dir=cache, memory_gb=0)
 
 
+@pytest.mark.slow
 def test_batches_never_exceed_the_budget(tiny_checkpoint, tmp_path, monkeypatch):
     """Same-size photos share a forward only as far as the budget allows (four 4 MP phone photos
     in one batch would need about 40 GB)."""

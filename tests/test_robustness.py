@@ -754,3 +754,22 @@ def test_dataloader_workers_leave_a_preemption_signal_to_the_trainer(tmp_path, p
         assert next(batches).shape == (1, 3, 32, 32)
     assert all(worker.is_alive() for worker in batches._workers)
     del batches
+
+
+def test_folder_inference_work_per_photo_does_not_grow_with_the_folder(tmp_path, tiny_checkpoint, monkeypatch):
+    """Each output is checked against the inputs (never overwrite one) without resolving every input again:
+    path resolutions grow linearly with the folder (they were quadratic: 10,000 photos took hours)."""
+    for i in range(60):
+        random_photo(tmp_path / "in" / f"p{i:02d}.jpg", (24, 20), seed=i)
+    jobs, _, _ = plan_many([str(tmp_path / "in")], str(tmp_path / "out"))
+    calls = {"n": 0}
+    real = Path.resolve
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "resolve", counting)
+    summary = stylize_files(Stylizer(tiny_checkpoint, device="cpu"), jobs, log=lambda _: None)
+    assert summary.done == 60
+    assert calls["n"] <= 5 * 60, f"{calls['n']} path resolutions for 60 photos"

@@ -89,6 +89,7 @@ def run_script(*args):
                           timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_style", "missing_content", "empty_content", "offline_style_download"])
 def test_script_reports_bad_input_without_traceback(case, tmp_path, style_path):
     empty = tmp_path / "empty"

@@ -160,15 +160,18 @@ def resize_long_side(img: Image.Image, size: int) -> Image.Image:
     return img.resize(long_side_size(*img.size, size), Image.Resampling.LANCZOS)
 
 
-def save_image_atomic(img: Image.Image, path: str | os.PathLike, protect: Iterable[Path] = (), **save_kwargs) -> Path:
+def save_image_atomic(img: Image.Image, path: str | os.PathLike, protect: Iterable[Path] | frozenset[Path] = (),
+                      **save_kwargs) -> Path:
     """Write ``img`` to ``path`` through a temporary file and a rename.
 
     A crash never leaves a half-written file, and a path in ``protect`` (the inputs)
-    is never overwritten.
+    is never overwritten. A ``frozenset`` ``protect`` must hold resolved paths (a folder run
+    resolves its inputs once: resolving every input for every output is quadratic in the folder's size).
     """
     path = Path(path)
     resolved = path.resolve()
-    if any(resolved == Path(p).resolve() for p in protect):
+    protected = protect if isinstance(protect, frozenset) else {Path(p).resolve() for p in protect}
+    if resolved in protected:
         raise UserError(f"refusing to overwrite the input image {path}")
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:

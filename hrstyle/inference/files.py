@@ -156,7 +156,7 @@ def _decode(job: Job, max_size: int | None, max_pixels: int | None = DEFAULT_MAX
     return pil_to_tensor(img), icc
 
 
-def _encode(image: torch.Tensor, job: Job, quality: int, icc: bytes | None, protect: set[Path]) -> Path:
+def _encode(image: torch.Tensor, job: Job, quality: int, icc: bytes | None, protect: frozenset[Path]) -> Path:
     kwargs: dict = {"quality": quality} if job.dst.suffix in (".jpg", ".webp") else {"compress_level": 4}
     if icc:
         kwargs["icc_profile"] = icc
@@ -180,7 +180,7 @@ def stylize_files(
     writes happen in the background too. Images over ``max_pixels`` are refused (skipped).
     """
     summary = Summary()
-    protect = {j.src.resolve() for j in jobs}
+    protect = frozenset(j.src.resolve() for j in jobs)  # resolved once (save_image_atomic)
     clashes = [j.dst for j in jobs if j.dst.resolve() in protect]
     if clashes:
         raise UserError(f"output would overwrite the input {clashes[0]}: choose another output")
