@@ -73,7 +73,7 @@ def test_default_recipe_and_the_papers():
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 1.0
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
-    # The paper's layer weights on the post-ReLU layers (recipe E of the README's ablation).
+    # The paper's layer weights on the post-ReLU layers (docs/recipes.md, "Style layers after the ReLU").
     assert loss == {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4, "relu4_1": 0.8, "relu5_1": 1.6}
     assert cfg.loss.content_layer == "conv4_2"
 

@@ -102,7 +102,7 @@ class StyleMetrics(nn.Module):
 
     Args:
         arch, weights: the metric network (see ``VGGFeatures``); choose it like training's
-            loss network, e.g. ``arch="vgg16", weights="../shared/weights/vgg16_features_offline.pth"``.
+            loss network, e.g. ``arch="vgg16", weights="/path/to/vgg16_features.pth"``.
         content_layer: layer of the content distance (conv4_2, as training's content loss).
         style_layers: layers of the Gram distance (relu1_1 … relu5_1).
 

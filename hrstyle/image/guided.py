@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 #: Default window radius (17×17): measured against 4 on unseen photos, +0.04 edge-SSIM for 3% more
-#: Gram distance (README "Styles that work on any photo").
+#: Gram distance (docs/recipes.md).
 DEFAULT_RADIUS = 8
 
 #: Pixels per strip, at most (the statistics cost ~40 floats per pixel).

@@ -26,8 +26,9 @@ from hrstyle.inference.tiling import stylize_tiled
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("auto", "onnx", "eager")
 
-#: Long side (px) at which the network runs by default. Measured on the shipped photo style
-#: (README "Working resolution"): quality flat from 256 to 1024 px at the common size, seconds grow with the pixels.
+#: Long side (px) at which the network runs by default: about the scale the CPU-preset styles train at
+#: (128 px crops of photos at a 128-256 px short side, a 512 px style image) and the size their quality is
+#: measured at; the network's time grows with the pixels, the lift's with the photo's (docs/benchmarks.md).
 DEFAULT_WORK_SIZE = 512
 #: Smallest working resolution accepted: below it the network (trained on 128 px crops) and the
 #: guided filter's windows see almost nothing of the scene.

@@ -24,7 +24,7 @@ from hrstyle.losses.vgg import VGGFeatures
 #: The paper's style layers and per-layer weights.
 PAPER_STYLE_LAYERS = {"conv1_1": 0.1, "conv2_1": 0.2, "conv3_1": 0.4, "conv4_1": 0.8, "conv5_1": 1.6}
 #: The default: the paper's weights on the layers after the ReLU (Gatys et al.'s, and the evaluation's).
-#: Measured better on unseen photos (README "Styles that work on any photo", recipe E).
+#: Measured better on unseen photos (docs/recipes.md, "Style layers after the ReLU").
 DEFAULT_STYLE_LAYERS = {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4, "relu4_1": 0.8, "relu5_1": 1.6}
 #: How the style layers' features are compared with the style image's (``ContentStyleLoss``).
 STYLE_STATISTICS = ("gram", "mean_std", "sliced_wasserstein")

@@ -58,8 +58,7 @@ def _imagenet_features(arch: str) -> nn.Sequential:
             f"local state_dict instead: `loss.weights=/path/to/{arch}_features.pth` (torchvision "
             f"layout, `features.0.weight` ... or bare `0.weight` ...; a full torchvision "
             f"checkpoint such as {Path(weights.url).name} works too), with the matching "
-            f"`loss.arch`. For example: loss.arch=vgg16 "
-            f"loss.weights=../shared/weights/vgg16_features_offline.pth"
+            f"`loss.arch`. For example: loss=vgg16 loss.weights=/path/to/vgg16-397923af.pth"
         ) from exc
 
 

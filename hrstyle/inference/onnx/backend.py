@@ -1,7 +1,7 @@
 """The fast CPU backend: the generator exported once to ONNX and run by ONNX Runtime.
 
 ONNX Runtime runs hrstyle's own exported graph several times faster than eager PyTorch on the CPU
-(README "Speed and memory"). The export has dynamic batch, height
+(docs/benchmarks.md). The export has dynamic batch, height
 and width, so a folder of mixed-size photos never recompiles anything; it is made once per
 checkpoint and kept on disk:
 

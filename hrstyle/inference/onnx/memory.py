@@ -13,7 +13,7 @@ photos. ``plan_tiling`` turns a memory budget into the fastest settings that sta
   without it; on a 24 MP photo 2.76 GiB of cache took 15.4 min, 7.1 GiB 6.0 min, 12.3 GiB 3.3 min).
 
 The per-pixel costs are peak-RSS measurements of ``Stylizer`` on this project's 2-core CPU machine
-(ONNX Runtime 1.32, fp32, glibc huge pages; README "Speed and memory"). They are estimates, not
+(ONNX Runtime 1.32, fp32, glibc huge pages; docs/benchmarks.md). They are estimates, not
 limits: the allocator's fragmentation and other threads' buffers come on top, hence the margins.
 """
 
