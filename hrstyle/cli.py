@@ -8,20 +8,14 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from hrstyle.errors import UserError
+from hrstyle.errors import UserError, exception_chain
 
 T = TypeVar("T")
 
 
 def user_error_in(exc: BaseException) -> UserError | None:
     """The UserError behind ``exc`` (Hydra wraps errors raised during instantiation)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UserError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, UserError)), None)
 
 
 def run_or_exit(fn: Callable[[], T]) -> T:

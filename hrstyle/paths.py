@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from hrstyle.errors import UserError
+from hrstyle.errors import UserError, exception_chain
 
 
 def user_path(path: str | os.PathLike) -> Path:
@@ -51,13 +51,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], wha
 def _write_failure(exc: BaseException) -> str | None:
     """Why a write failed, in a few words, or None for errors that are not about the write. The
     ``OSError`` may be hidden behind another one (torch.save's zip writer fails again while closing)."""
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
+    chain = exception_chain(exc)
     for err in chain:
-        if isinstance(err, OSError) and not isinstance(err, UserError):
+        if isinstance(err, OSError):
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 return "the disk is full (no space left on the device)"
             return err.strerror or str(err)
