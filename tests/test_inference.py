@@ -64,15 +64,32 @@ def test_tiled_equals_untiled(stylizer, size, tile):
 
 
 def test_blend_weights_sum_to_one():
-    from hrstyle.image.tiles import blend_weights
+    from hrstyle.image.tiles import add_tile
 
     h, w, margin, half = 150, 203, 32, 16
-    total = torch.zeros(h, w)
+    total = torch.zeros(1, 3, h, w)
     for t in make_tiles(h, w, 96, margin):
-        wy = blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)
-        wx = blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)
-        total[t.cy0 : t.cy1, t.cx0 : t.cx1] += wy[:, None] * wx[None, :]
-    torch.testing.assert_close(total, torch.ones(h, w))
+        add_tile(total, torch.ones(1, 3, t.cy1 - t.cy0, t.cx1 - t.cx0), t, half)
+    torch.testing.assert_close(total, torch.ones(1, 3, h, w))
+
+
+def test_running_moments_equal_var_mean_of_the_concatenation():
+    from hrstyle.image.tiles import RunningMoments
+
+    torch.manual_seed(0)
+    parts = [torch.randn(5, n) * 3 + 7 for n in (17, 1, 64, 230)]  # 5 channels, parts of unequal size
+    expected_var, expected_mean = torch.var_mean(torch.cat(parts, 1).double(), dim=1, correction=0)
+    for as_numpy in (False, True):  # the eager tiler merges tensors, the ONNX Runtime one arrays
+        moments = RunningMoments()
+        for part in parts:
+            var, mean = torch.var_mean(part, dim=1, correction=0)
+            mean, m2 = (mean, var * part.shape[1]) if not as_numpy else (mean.numpy(), (var * part.shape[1]).numpy())
+            moments.add(mean, m2, part.shape[1])
+        assert moments.count == sum(p.shape[1] for p in parts)
+        mean, var = torch.as_tensor(moments.mean), torch.as_tensor(moments.variance)
+        assert mean.dtype == var.dtype == torch.float64
+        torch.testing.assert_close(mean, expected_mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(var, expected_var, rtol=1e-5, atol=0)
 
 
 def test_too_small_tiles_are_refused(stylizer, checkpoint):

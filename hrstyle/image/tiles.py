@@ -1,9 +1,11 @@
-"""Tile geometry shared by both exact tilers (eager ``inference.tiling`` and ``inference.onnx.tiling``):
-where the tiles go, how much context each needs, and the ramps that blend neighbours without a seam."""
+"""What both exact tilers (eager ``inference.tiling`` and ``inference.onnx.tiling``) share: where the
+tiles go, how much context each needs, the ramps that blend neighbours without a seam (``add_tile``), and
+the float64 merge of the per-tile norm statistics (``RunningMoments``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -63,3 +65,50 @@ def blend_weights(start: int, stop: int, lo: int, hi: int, size: int, half: int)
     if hi < size:
         weight *= ((hi + half - p) / (2 * half)).clamp(0, 1)
     return weight
+
+
+def tile_weight(tile: Tile, height: int, width: int, half: int) -> torch.Tensor:
+    """(crop h, crop w) blending weights of ``tile`` in an image of ``height`` x ``width``: the product of
+    its row and column ramps (``blend_weights``). The weights of all tiles sum to 1 at every pixel."""
+    return (blend_weights(tile.cy0, tile.cy1, tile.y0, tile.y1, height, half)[:, None]
+            * blend_weights(tile.cx0, tile.cx1, tile.x0, tile.x1, width, half)[None, :])
+
+
+def add_tile(out: torch.Tensor, result: torch.Tensor, tile: Tile, half: int) -> None:
+    """Accumulate a tile's (1, C, crop h, crop w) ``result`` into the (1, C, H, W) ``out``, weighted by
+    ``tile_weight``. ``result`` is scaled in place (callers pass a fresh tensor: no copy)."""
+    height, width = out.shape[-2:]
+    out[..., tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] += result.mul_(tile_weight(tile, height, width, half))
+
+
+def _float64(x: Any) -> Any:
+    return x.double() if isinstance(x, torch.Tensor) else x.astype("float64")  # a NumPy array
+
+
+class RunningMoments:
+    """Per-channel mean and M2 (sum of squared deviations) over many disjoint parts, merged part by
+    part in float64 with Chan et al.'s parallel formula: exact where a float32 sum over a whole
+    feature map would drift. Works on torch tensors and NumPy arrays alike (the eager and the ONNX
+    Runtime tiler); ``mean`` and ``m2`` keep the kind given."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: Any = None
+        self.m2: Any = None
+
+    def add(self, mean: Any, m2: Any, count: int) -> None:
+        """Merge one part's per-channel ``mean`` and ``m2`` over ``count`` values (converted to float64)."""
+        mean, m2 = _float64(mean), _float64(m2)
+        if self.mean is None:
+            self.mean, self.m2 = mean, m2
+        else:
+            n_a, n_b = self.count, count
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n_b / (n_a + n_b))
+            self.m2 = self.m2 + m2 + delta * delta * (n_a * n_b / (n_a + n_b))
+        self.count += count
+
+    @property
+    def variance(self) -> Any:
+        """The population variance (``correction=0``, as instance norm uses), float64."""
+        return self.m2 / self.count

@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hrstyle.image.tiles import ALIGN, RECEPTIVE_RADIUS, Tile, blend_weights, make_tiles, min_tile_size
+from hrstyle.image.tiles import ALIGN, RECEPTIVE_RADIUS, RunningMoments, Tile, add_tile, make_tiles, min_tile_size
 from hrstyle.models.norm import StatsInstanceNorm2d, set_norm_mode
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -84,8 +84,7 @@ def freeze_exact_norm_stats(
     pending = norm_layers_in_order(model)
     passes = 0
     while pending:
-        sums: dict[nn.Module, torch.Tensor] = {}
-        counts: dict[nn.Module, int] = {}
+        moments: dict[nn.Module, RunningMoments] = {}
         tile = tiles[0]
 
         def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -105,15 +104,7 @@ def freeze_exact_norm_stats(
             # in float64 with Chan's parallel formula.
             var, mean = torch.var_mean(core.float(), dim=(0, 2, 3), correction=0)
             n_b = core.shape[-2] * core.shape[-1]
-            mean, m2 = mean.double(), var.double() * n_b
-            if module in sums:
-                n_a = counts[module]
-                mean_a, m2_a = sums[module]
-                delta = mean - mean_a
-                mean = mean_a + delta * (n_b / (n_a + n_b))
-                m2 = m2_a + m2 + delta.square() * (n_a * n_b / (n_a + n_b))
-            sums[module] = torch.stack((mean, m2))
-            counts[module] = counts.get(module, 0) + n_b
+            moments.setdefault(module, RunningMoments()).add(mean, var.double() * n_b, n_b)
 
         def poison(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             return torch.full_like(output, float("nan"))
@@ -130,13 +121,13 @@ def freeze_exact_norm_stats(
             for handle in handles:
                 handle.remove()
         passes += 1
-        for norm in [n for n in pending if n in sums]:
-            mean, var = sums[norm][0], sums[norm][1] / counts[norm]
+        for norm in [n for n in pending if n in moments]:
+            mean, var = moments[norm].mean, moments[norm].variance
             norm.recorded = (mean.float().view(1, -1, 1, 1), var.float().view(1, -1, 1, 1))
             norm.mode = "frozen"
-        if not sums:  # cannot happen with a well-formed model; never loop forever
+        if not moments:  # cannot happen with a well-formed model; never loop forever
             raise RuntimeError("exact tiled statistics made no progress")
-        pending = [n for n in pending if n not in sums]
+        pending = [n for n in pending if n not in moments]
     return passes
 
 
@@ -179,10 +170,7 @@ def stylize_tiled(
     try:
         freeze_exact_norm_stats(model, image, forward, tiles, device)
         for t in tiles:
-            result = forward(image[..., t.cy0 : t.cy1, t.cx0 : t.cx1].to(device)).float().cpu()
-            weight = (blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)[:, None]
-                      * blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)[None, :])
-            out[..., t.cy0 : t.cy1, t.cx0 : t.cx1] += result.mul_(weight)
+            add_tile(out, forward(image[..., t.cy0 : t.cy1, t.cx0 : t.cx1].to(device)).float().cpu(), t, half)
     finally:
         set_norm_mode(model, "live")
     return out

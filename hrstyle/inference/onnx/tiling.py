@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrstyle.image.tiles import ALIGN, RECEPTIVE_RADIUS, blend_weights, make_tiles, min_tile_size
+from hrstyle.image.tiles import ALIGN, RECEPTIVE_RADIUS, RunningMoments, add_tile, make_tiles, min_tile_size
 from hrstyle.inference.onnx.export import INPUT_NAME, OUTPUT_NAME
 from hrstyle.inference.onnx.memory import available_memory
 from hrstyle.inference.onnx.session import import_onnxruntime, make_session
@@ -342,9 +342,7 @@ class OrtTiler:
 
         for p in range(self.passes):
             level_norms = [n for n in self.norms if n.level == p]
-            means: dict[int, np.ndarray] = {}
-            m2s: dict[int, np.ndarray] = {}
-            count = 0
+            moments = {norm.index: RunningMoments() for norm in level_norms}
             for t, state in zip(tiles, states):
                 crop = (t.cy1 - t.cy0 + 3) // 4 * 4 * ((t.cx1 - t.cx0 + 3) // 4 * 4)
                 need = self._cut_bytes(p, crop)
@@ -355,35 +353,24 @@ class OrtTiler:
                     state.level, state.nbytes = p, need
                     state.tensors = {name: result[name] for name in self.cuts[p]}
                     cached += need
-                # Chan et al.'s parallel merge, in float64, of each norm's per-tile mean and M2.
+                # Each norm's per-tile mean and M2, merged across tiles in float64.
                 y_end = (padded_h if t.y1 == h else t.y1) - t.y0
                 x_end = (padded_w if t.x1 == w else t.x1) - t.x0
                 n_b = y_end * x_end  # core pixels at full resolution; stride s has n_b / s² of them
                 for norm in level_norms:
-                    nb = n_b // (norm.stride * norm.stride)
-                    mean = result[f"hrs_tmean_{norm.index}"].reshape(-1).astype(np.float64)
-                    m2 = result[f"hrs_tssq_{norm.index}"].reshape(-1).astype(np.float64)
-                    if norm.index in means:
-                        na = count // (norm.stride * norm.stride)
-                        delta = mean - means[norm.index]
-                        means[norm.index] = means[norm.index] + delta * (nb / (na + nb))
-                        m2s[norm.index] = m2s[norm.index] + m2 + delta * delta * (na * nb / (na + nb))
-                    else:
-                        means[norm.index], m2s[norm.index] = mean, m2
-                count += n_b
+                    moments[norm.index].add(result[f"hrs_tmean_{norm.index}"].reshape(-1),
+                                            result[f"hrs_tssq_{norm.index}"].reshape(-1),
+                                            n_b // (norm.stride * norm.stride))
             for norm in level_norms:
-                n = count // (norm.stride * norm.stride)
-                frozen[f"hrs_mean_{norm.index}"] = means[norm.index].astype(np.float32)
-                frozen[f"hrs_var_{norm.index}"] = (m2s[norm.index] / n).astype(np.float32)
+                frozen[f"hrs_mean_{norm.index}"] = moments[norm.index].mean.astype(np.float32)
+                frozen[f"hrs_var_{norm.index}"] = moments[norm.index].variance.astype(np.float32)
 
         half = margin - RECEPTIVE_RADIUS
         out = torch.zeros(1, 3, h, w)
         for t, state in zip(tiles, states):
             result = torch.from_numpy(run(t, state, None, False)[OUTPUT_NAME])
             state.tensors, state.nbytes = {}, 0
-            weight = (blend_weights(t.cy0, t.cy1, t.y0, t.y1, h, half)[:, None]
-                      * blend_weights(t.cx0, t.cx1, t.x0, t.x1, w, half)[None, :])
-            out[..., t.cy0:t.cy1, t.cx0:t.cx1] += result.mul_(weight)
+            add_tile(out, result, t, half)
         return out
 
     def cut_summary(self) -> list[tuple[int, int, float]]:
