@@ -7,13 +7,17 @@ and the stylized images to output=. See configs/evaluate.yaml and hrstyle/evalua
 """
 
 import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hrstyle.cli import prepare_argv, run_or_exit
 from hrstyle.errors import UserError
-from hrstyle.evaluation.report import evaluate
+from hrstyle.evaluation.methods import ColorOptions, GatysOptions, GuidedOptions, MethodOptions, PaperOptions
+from hrstyle.evaluation.report import EvaluationSettings, evaluate
 from hrstyle.image.io import find_images
 
 
@@ -26,12 +30,47 @@ def images(spec: object) -> list:
     return found
 
 
+def _section(cls: type, data: dict[str, Any], name: str) -> Any:
+    """The dataclass ``cls`` from the config section ``name`` (every key it holds is passed)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown option {name}.{unknown[0]}: {name} takes {', '.join(sorted(known))}")
+    return cls(**data)
+
+
+def settings_from_config(cfg: DictConfig) -> EvaluationSettings:
+    """``configs/evaluate.yaml`` (resolved) as the library's typed settings: every value the config
+    holds is passed, so the yaml decides (the dataclass defaults equal it, for library callers)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+
+    def path(value: Any) -> Path | None:
+        return None if value is None else Path(str(value))
+
+    options = MethodOptions(
+        loss=data.get("loss"),
+        seed=data["seed"],
+        progress=bool(data["progress"]),
+        gatys=_section(GatysOptions, data["gatys"], "gatys"),
+        paper=_section(PaperOptions, data["paper"], "paper"),
+        guided=_section(GuidedOptions, data["guided"], "guided"),
+        color=_section(ColorOptions, data["color"], "color"),
+    )
+    return EvaluationSettings(
+        output=Path(str(data["output"])), size=data["size"], style_size=data["style_size"], thumb=data["thumb"],
+        device=str(data["device"]), limit=data["limit"], content_masks=path(data["content_masks"]),
+        style_masks=path(data["style_masks"]), method_options=options,
+    )
+
+
 def run(cfg: DictConfig) -> int:
     if cfg.content is None:
         raise UserError("give the photos to evaluate on: content=<photo or folder>")
     contents = images(cfg.content)
     styles = images(cfg.styles) if cfg.styles is not None else []
-    evaluate(contents, styles, cfg.methods, cfg)
+    methods = cfg.methods if isinstance(cfg.methods, str) else [str(m) for m in cfg.methods or []]
+    evaluate(contents, styles, methods, settings_from_config(cfg))
     return 0
 
 

@@ -8,18 +8,28 @@ import os
 import runpy
 import subprocess
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import ROOT, random_photo
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
 from hrstyle.errors import UserError
-from hrstyle.evaluation.methods import build_methods, differing_overrides
+from hrstyle.evaluation.methods import (
+    ColorOptions,
+    GatysOptions,
+    GuidedOptions,
+    MethodOptions,
+    PaperOptions,
+    build_methods,
+    differing_overrides,
+)
 from hrstyle.evaluation.metrics import METRIC_KEYS
-from hrstyle.evaluation.report import PAD, STYLE_KEYS, evaluate
+from hrstyle.evaluation.report import PAD, STYLE_KEYS, EvaluationSettings, evaluate
 from hrstyle.inference import load_generator, save_generator
 from hrstyle.losses import ContentStyleLoss
 from hrstyle.models import HRNet
@@ -29,6 +39,8 @@ THUMB = 48
 # A small random loss network: the tests check plumbing, not what the features mean.
 FAST_LOSS = ["loss.weights=random", "loss.content_layer=relu2_1", "loss.style_layers=[relu1_1,relu2_1]",
              "loss.style_layer_weights=[1,1]"]
+LOSS = {**OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "loss" / "vgg19.yaml")), "weights": "random",
+        "content_layer": "relu2_1", "style_layers": ["relu1_1", "relu2_1"], "style_layer_weights": [1, 1]}
 
 
 def tiny_checkpoint(path: Path, style_image: str, seed: int = 0) -> Path:
@@ -39,10 +51,17 @@ def tiny_checkpoint(path: Path, style_image: str, seed: int = 0) -> Path:
     return save_generator(path, model, meta)
 
 
-def config(tmp_path: Path, *overrides: str):
+def compose_config(tmp_path: Path, *overrides: str):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("evaluate", overrides=[f"output={tmp_path / 'report'}", f"thumb={THUMB}", "size=40",
-                                              "style_size=48", "progress=false", *FAST_LOSS, *overrides])
+        return compose("evaluate", overrides=[f"output={tmp_path / 'report'}", *overrides])
+
+
+def settings(tmp_path: Path, **changes) -> EvaluationSettings:
+    """Small, fast settings; ``changes`` replace fields of ``EvaluationSettings`` or ``MethodOptions``."""
+    option_names = {f.name for f in fields(MethodOptions)}
+    options = MethodOptions(loss=LOSS, progress=False, **{k: v for k, v in changes.items() if k in option_names})
+    return EvaluationSettings(output=tmp_path / "report", thumb=THUMB, size=40, style_size=48, method_options=options,
+                              **{k: v for k, v in changes.items() if k not in option_names})
 
 
 # Tiny images gain nothing from a second thread, and with the CPU shared a second thread waiting at
@@ -64,7 +83,7 @@ def test_report_files_and_checkpoint_pairing(tmp_path: Path, inputs) -> None:
     foreign = tiny_checkpoint(tmp_path / "ckpts" / "foreign.pt", "/nonexistent/style.jpg", seed=1)
     own = tiny_checkpoint(tmp_path / "run7" / "checkpoints" / "last.ckpt", str(own_style), seed=2)
     assert load_generator(own)[1]["style_image"] == str(own_style)
-    cfg = config(tmp_path)
+    cfg = settings(tmp_path)
     report = evaluate(contents, styles, ["identity", str(foreign), str(own)], cfg)
 
     out = tmp_path / "report"
@@ -108,7 +127,7 @@ def test_masks_give_the_regional_distance_and_color_at_strength(tmp_path: Path, 
     halves[32:] = 1
     Image.fromarray(halves.numpy(), mode="L").save(masks["content"] / "a.png")  # b has no mask
     Image.fromarray(halves.numpy(), mode="L").save(masks["style"] / "s1.png")
-    cfg = config(tmp_path, f"content_masks={masks['content']}", f"style_masks={masks['style']}")
+    cfg = settings(tmp_path, content_masks=masks["content"], style_masks=masks["style"])
     report = evaluate(contents, styles, ["identity", "identity+color@1", "identity+color"], cfg)
     assert list(report) == ["identity", "identity+color@1", "identity+color"]
     regional = {name: {r["photo"]: r["regional"] for r in e["images"]} for name, e in report.items()}
@@ -117,6 +136,12 @@ def test_masks_give_the_regional_distance_and_color_at_strength(tmp_path: Path, 
     assert regional["identity+color@1"]["a"] < regional["identity+color"]["a"] < regional["identity"]["a"]
     assert report["identity"]["mean"]["regional"] == regional["identity"]["a"]  # the mean skips unmasked pairs
     assert "regional colour ↓" in (tmp_path / "report" / "report.md").read_text()
+    written = OmegaConf.load(tmp_path / "report" / "config.yaml")  # the settings as configs/evaluate.yaml lays them out
+    assert written.size == 40 and written.thumb == THUMB and written.loss.weights == "random"
+    assert written.content_masks == str(masks["content"]) and written.color.strength == 0.5
+    assert written.gatys.steps == 300 and written.methods == list(report)
+    assert written.evaluated.methods["identity+color@1"] == {"kind": "identity", "source": "identity+color@1",
+                                                             "styles": ["s1"]}
     with pytest.raises(UserError, match="strength"):
         evaluate(contents, styles, ["identity+color@strong"], cfg)
 
@@ -126,7 +151,7 @@ def test_default_suffix_is_the_checkpoints_own_inference(tmp_path: Path, inputs)
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt", "/nonexistent/style.jpg", seed=3)
     model, meta = load_generator(ckpt)
     save_generator(ckpt, model, {**meta, "guided_radius": 3})  # the checkpoint recommends the guided filter
-    cfg = config(tmp_path, "guided.radius=3")
+    cfg = settings(tmp_path, guided=GuidedOptions(radius=3))
     report = evaluate(contents[:1], styles, [str(ckpt), f"{ckpt}+default", f"{ckpt}+guided"], cfg)
     assert list(report) == ["tiny", "tiny+default", "tiny+guided"]
     images = {m: torch.from_numpy(__import__("numpy").asarray(Image.open(
@@ -146,7 +171,8 @@ def test_multirun_folder_gatys_and_paper(tmp_path: Path, inputs) -> None:
         (sweep / str(job) / ".hydra").mkdir(parents=True)
         (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
             f"- experiment=cpu_quick\n- loss.style_weight={weight}\n")
-    cfg = config(tmp_path, "gatys.steps=2", "paper.steps=2", "paper.generator.width=0.25")
+    cfg = settings(tmp_path, gatys=GatysOptions(steps=2),
+                   paper=PaperOptions(steps=2, generator={"width": 0.25, "padding_mode": "zeros"}))
     report = evaluate(contents[:1], styles, [str(sweep), "gatys", "paper"], cfg)
     assert list(report) == ["style_weight=1", "style_weight=5", "gatys", "paper"]
     for entry in report.values():
@@ -168,8 +194,8 @@ def test_differing_overrides() -> None:
 def test_color_suffix_matches_the_pair_style_colours(tmp_path: Path) -> None:
     from hrstyle.image.color import color_statistics
 
-    cfg = config(tmp_path)
-    (plain,), (matched,), (both,) = (build_methods([m], cfg, torch.device("cpu"))
+    options = settings(tmp_path).method_options
+    (plain,), (matched,), (both,) = (build_methods([m], options, torch.device("cpu"))
                                      for m in ("identity", "identity+color", "identity+guided+color"))
     assert matched.name == "identity+color" and both.name == "identity+guided+color"
     torch.manual_seed(0)
@@ -178,15 +204,44 @@ def test_color_suffix_matches_the_pair_style_colours(tmp_path: Path) -> None:
     # default strength 0.5 (as inference's default for photo styles): halfway to the style's mean colour
     halfway = (color_statistics(photo)[0] + color_statistics(style)[0]) / 2
     assert torch.allclose(color_statistics(matched.fn(photo, style))[0], halfway, atol=1e-3)
-    (full,) = build_methods(["identity+color"], config(tmp_path, "color.strength=1"), torch.device("cpu"))
+    (full,) = build_methods(["identity+color"], replace(options, color=ColorOptions(strength=1)), torch.device("cpu"))
     assert torch.allclose(color_statistics(full.fn(photo, style))[0], color_statistics(style)[0], atol=1e-3)
     with pytest.raises(UserError, match="color.strength"):
-        build_methods(["identity+color"], config(tmp_path, "color.strength=2"), torch.device("cpu"))
+        build_methods(["identity+color"], replace(options, color=ColorOptions(strength=2)), torch.device("cpu"))
 
 
 def test_unknown_method_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown method 'bogus'.*identity, gatys, paper"):
-        build_methods(["identity", "bogus"], config(tmp_path), torch.device("cpu"))
+        build_methods(["identity", "bogus"], MethodOptions(), torch.device("cpu"))
+
+
+def test_settings_defaults_equal_the_yaml() -> None:
+    """The library's defaults (the dataclasses') are configs/evaluate.yaml's, key for key."""
+    yaml = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "evaluate.yaml"), resolve=False)
+    for key in ("defaults", "hydra", "content", "styles", "methods", "output"):  # inputs, not settings
+        del yaml[key]
+    defaults = EvaluationSettings(output=Path("unused")).to_config()
+    assert defaults.pop("output") == "unused" and defaults.pop("loss") is None  # loss: the yaml's defaults list
+    assert defaults == yaml
+
+
+def _script_globals() -> dict:
+    return runpy.run_path(str(ROOT / "scripts" / "evaluate.py"))
+
+
+def test_script_translates_the_config(tmp_path: Path) -> None:
+    translate = _script_globals()["settings_from_config"]
+    cfg = compose_config(tmp_path, "size=40", "limit=2", "device=cpu", f"content_masks={tmp_path}", "seed=3",
+                         "gatys.steps=2", "gatys.method=adam", "paper.generator.width=0.25", "guided.radius=3",
+                         "color.strength=1", *FAST_LOSS)
+    expected = EvaluationSettings(
+        output=tmp_path / "report", size=40, limit=2, device="cpu", content_masks=tmp_path,
+        method_options=MethodOptions(loss=LOSS, seed=3, gatys=GatysOptions(steps=2, method="adam"),
+                                     paper=PaperOptions(generator={"width": 0.25, "padding_mode": "zeros"}),
+                                     guided=GuidedOptions(radius=3), color=ColorOptions(strength=1)))
+    assert translate(cfg) == expected
+    with pytest.raises(UserError, match="unknown option gatys.bogus"):
+        translate(compose_config(tmp_path, "+gatys.bogus=1"))
 
 
 def test_fit_generator_lowers_the_loss() -> None:

@@ -15,16 +15,19 @@ A method string is one of:
   what ``scripts/infer.py`` gives with no options;
 * any of these with ``+guided`` appended (``checkpoints/starry.pt+guided``): the same method
   followed by the photorealism control, the guided filter of ``hrstyle.image.guided``
-  with the photo as guide (``guided.radius``, ``guided.eps`` from the config);
+  with the photo as guide (``MethodOptions.guided``: radius, eps);
 * any of these with ``+color`` appended (``<run>+guided+color``): the same method followed by
   the match to the style's colour statistics (``hrstyle.image.color.match_color``, strength
-  ``color.strength`` from the config), taken from the style image of the pair; ``+color@S`` sets
+  ``MethodOptions.color.strength``), taken from the style image of the pair; ``+color@S`` sets
   the strength S in [0, 1] for that method alone (``identity+color@1``: the global colour transfer
   of the photo, the baseline every photo style must beat).
 
 Every method is a ``Method`` whose ``fn(content, style)`` maps (1, 3, H, W) tensors in [0, 1]
 to a (1, 3, H, W) float32 CPU tensor in [0, 1]. ``gatys`` and ``paper`` share one
 ``ContentStyleLoss`` built once from the loss config (the training loss, one VGG).
+
+The options of the methods are a ``MethodOptions``; ``scripts/evaluate.py`` builds it from
+``configs/evaluate.yaml``.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf
 
 from hrstyle.checkpoint import PROJECT_ROOT
 from hrstyle.errors import UserError
+from hrstyle.image.guided import DEFAULT_RADIUS
 from hrstyle.paths import user_path
 
 BUILTIN = ("identity", "gatys", "paper")
@@ -54,6 +57,69 @@ METHOD_KINDS = (
 )
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# The library's defaults are these dataclass defaults: configs/evaluate.yaml repeats them for the
+# command line (scripts/evaluate.py passes every value it holds), and
+# tests/test_evaluation_report.py::test_settings_defaults_equal_the_yaml keeps the two equal.
+@dataclass(frozen=True)
+class GatysOptions:
+    """Gatys et al.'s pixel optimization (``hrstyle.optimization.gatys.optimize_image``)."""
+
+    steps: int = 300
+    method: str = "lbfgs"  # lbfgs | adam
+    lr: float | None = None  # None: 1.0 for lbfgs, 0.02 for adam
+    init: str = "content"  # content | noise
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class PaperOptions:
+    """The paper's recipe, a fresh HRNet fitted to each photo (``hrstyle.optimization.paper.fit_generator``)."""
+
+    steps: int = 500
+    lr: float = 5e-3
+    step_size: int = 200
+    gamma: float = 0.9
+    log_every: int = 50
+    generator: dict[str, Any] = field(default_factory=lambda: {"width": 1.0, "padding_mode": "zeros"})
+
+
+@dataclass(frozen=True)
+class GuidedOptions:
+    """The guided filter of methods written ``<method>+guided`` (``hrstyle.image.guided``)."""
+
+    radius: int = DEFAULT_RADIUS
+    eps: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ColorOptions:
+    """The colour match of methods written ``<method>+color`` (``hrstyle.image.color.match_color``)."""
+
+    strength: float = 0.5
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """How the methods are built and run.
+
+    Attributes:
+        loss: a ``configs/loss/*`` node as a plain dict (instantiated through its ``_target_``): the
+            loss of gatys and paper, and (``EvaluationSettings``) the metric network. None: gatys and
+            paper are unavailable, the metrics use VGG19 with ImageNet weights.
+        seed: seed of the gatys/paper optimizations.
+        progress: print the optimizers' progress.
+        gatys, paper, guided, color: the options of those methods and suffixes.
+    """
+
+    loss: dict[str, Any] | None = None
+    seed: int = 0
+    progress: bool = True
+    gatys: GatysOptions = field(default_factory=GatysOptions)
+    paper: PaperOptions = field(default_factory=PaperOptions)
+    guided: GuidedOptions = field(default_factory=GuidedOptions)
+    color: ColorOptions = field(default_factory=ColorOptions)
 
 
 @dataclass
@@ -92,7 +158,7 @@ class SharedLoss:
     """One ``ContentStyleLoss`` for gatys and paper, built lazily from the loss config, with
     its Gram targets switched only when the style changes."""
 
-    def __init__(self, loss_cfg: Any, device: torch.device) -> None:
+    def __init__(self, loss_cfg: dict[str, Any] | None, device: torch.device) -> None:
         self.loss_cfg, self.device = loss_cfg, device
         self._loss = None
         self._style: torch.Tensor | None = None  # kept alive so that `is` is a safe identity test
@@ -104,29 +170,13 @@ class SharedLoss:
 
             if self.loss_cfg is None:
                 raise UserError("gatys/paper need a loss config (defaults: - loss: vgg19)")
-            cfg = self.loss_cfg if isinstance(self.loss_cfg, DictConfig) else OmegaConf.create(self.loss_cfg)
-            self._loss = instantiate(cfg, _convert_="all").to(self.device)
+            self._loss = instantiate(self.loss_cfg, _convert_="all").to(self.device)
         return self._loss
 
     def set_style(self, style: torch.Tensor) -> None:
         if style is not self._style:
             self.loss.set_style(style.to(self.device))
             self._style = style
-
-
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None and default is not None else value
-
-
-def _to_dict(node: Any) -> dict[str, Any]:
-    if node is None:
-        return {}
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    return dict(node)
 
 
 def checkpoint_name(path: Path) -> str:
@@ -231,32 +281,31 @@ def _identity(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     return content.detach().float().cpu().clone()
 
 
-def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[Method]:
+def build_methods(specs: Iterable[str], options: MethodOptions, device: torch.device) -> list[Method]:
     """Turn method strings into ``Method`` objects (models loaded here, not in the timed calls).
 
-    ``cfg`` supplies ``loss`` (a ``configs/loss/*`` node), ``gatys`` (steps, method, lr, init),
-    ``paper`` (steps, lr, step_size, gamma, generator), ``seed`` and ``progress``.
+    ``options`` gives the loss of gatys and paper, their optimization settings, the seed, the progress
+    output and the ``+guided`` / ``+color`` settings.
     Raises ``UserError`` for an unknown method string or a missing checkpoint.
     """
+    return _build(specs, options, SharedLoss(options.loss, device), device)
+
+
+def _build(specs: Iterable[str], options: MethodOptions, shared: SharedLoss, device: torch.device) -> list[Method]:
     specs = [str(s) for s in specs or []]
     if not specs:
         raise UserError(f"no method given: methods=[...] takes {METHOD_KINDS}")
-    shared = SharedLoss(_cfg_get(cfg, "loss"), device)
-    seed = _cfg_get(cfg, "seed", 0)
-    progress = bool(_cfg_get(cfg, "progress", True))
     methods: list[Method] = []
-    guided_opts = _to_dict(_cfg_get(cfg, "guided")) if _cfg_get(cfg, "guided") is not None else {}
-    color_opts = _to_dict(_cfg_get(cfg, "color")) if _cfg_get(cfg, "color") is not None else {}
     for spec in specs:
         if spec.endswith(GUIDED_SUFFIX):
-            base = build_methods([spec[: -len(GUIDED_SUFFIX)]], cfg, device)
-            methods.extend(_with_guided_filter(m, guided_opts) for m in base)
+            base = _build([spec[: -len(GUIDED_SUFFIX)]], options, shared, device)
+            methods.extend(_with_guided_filter(m, options.guided) for m in base)
             continue
         color = re.fullmatch(rf"(.+){re.escape(COLOR_SUFFIX)}(?:@([^+@]*))?", spec)
         if color:
-            opts = color_opts if color.group(2) is None else {**color_opts, "strength": _strength(spec, color.group(2))}
-            base = build_methods([color.group(1)], cfg, device)
-            methods.extend(_with_color_match(m, opts, color.group(2)) for m in base)
+            strength = options.color.strength if color.group(2) is None else _strength(spec, color.group(2))
+            base = _build([color.group(1)], options, shared, device)
+            methods.extend(_with_color_match(m, strength, color.group(2)) for m in base)
             continue
         defaults = spec.endswith(DEFAULT_SUFFIX)
         if defaults:
@@ -267,9 +316,9 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
         if spec == "identity":
             methods.append(Method("identity", "identity", _identity, source=spec))
         elif spec == "gatys":
-            methods.append(_gatys_method(shared, _to_dict(_cfg_get(cfg, "gatys")), seed, progress))
+            methods.append(_gatys_method(shared, options.gatys, options.seed, options.progress))
         elif spec == "paper":
-            methods.append(_paper_method(shared, _to_dict(_cfg_get(cfg, "paper")), seed, progress))
+            methods.append(_paper_method(shared, options.paper, options.seed, options.progress))
         elif path.suffix.lower() in CHECKPOINT_SUFFIXES:
             from hrstyle.checkpoint import resolve_checkpoint
 
@@ -281,10 +330,10 @@ def build_methods(specs: Iterable[str], cfg: Any, device: torch.device) -> list[
     return _unique_names(methods)
 
 
-def _with_guided_filter(method: Method, opts: dict[str, Any]) -> Method:
-    from hrstyle.image.guided import DEFAULT_RADIUS, guided_filter
+def _with_guided_filter(method: Method, opts: GuidedOptions) -> Method:
+    from hrstyle.image.guided import guided_filter
 
-    radius, eps = int(opts.get("radius", DEFAULT_RADIUS)), float(opts.get("eps", 1e-3))
+    radius, eps = int(opts.radius), float(opts.eps)
     inner = method.fn
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -302,10 +351,10 @@ def _strength(spec: str, text: str) -> float:
         raise UserError(f"method {spec!r}: +color@S takes a strength S in [0, 1], got {text!r}") from None
 
 
-def _with_color_match(method: Method, opts: dict[str, Any], label: str | None = None) -> Method:
+def _with_color_match(method: Method, strength: float, label: str | None = None) -> Method:
     from hrstyle.image.color import color_statistics, match_color
 
-    strength = float(opts.get("strength", 0.5))
+    strength = float(strength)
     if not 0.0 <= strength <= 1.0:
         raise UserError(f"color.strength must be in [0, 1], got {strength}")
     inner = method.fn
@@ -319,29 +368,27 @@ def _with_color_match(method: Method, opts: dict[str, Any], label: str | None = 
     return method
 
 
-def _gatys_method(shared: SharedLoss, opts: dict[str, Any], seed: Any, progress: bool) -> Method:
+def _gatys_method(shared: SharedLoss, opts: GatysOptions, seed: int, progress: bool) -> Method:
     from hrstyle.optimization.gatys import optimize_image
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         result = optimize_image(
-            content, shared.loss, steps=int(opts.get("steps", 300)), method=opts.get("method") or "lbfgs",
-            lr=opts.get("lr"), init=opts.get("init") or "content", log_every=int(opts.get("log_every", 50)),
-            progress=progress, seed=int(seed or 0),
+            content, shared.loss, steps=int(opts.steps), method=opts.method, lr=opts.lr, init=opts.init,
+            log_every=int(opts.log_every), progress=bool(progress), seed=int(seed or 0),
         )
         return result.image.float().cpu()
 
     return Method("gatys", "gatys", fn, source="gatys", prepare=shared.set_style)
 
 
-def _paper_method(shared: SharedLoss, opts: dict[str, Any], seed: Any, progress: bool) -> Method:
+def _paper_method(shared: SharedLoss, opts: PaperOptions, seed: int, progress: bool) -> Method:
     from hrstyle.optimization.paper import fit_generator
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         result = fit_generator(
-            content, shared.loss, steps=int(opts.get("steps", 500)), lr=float(opts.get("lr", 5e-3)),
-            step_size=int(opts.get("step_size", 200)), gamma=float(opts.get("gamma", 0.9)),
-            generator_config=dict(opts.get("generator") or {}), seed=seed,
-            log_every=int(opts.get("log_every", 50)), progress=progress,
+            content, shared.loss, steps=int(opts.steps), lr=float(opts.lr), step_size=int(opts.step_size),
+            gamma=float(opts.gamma), generator_config=dict(opts.generator or {}), seed=seed,
+            log_every=int(opts.log_every), progress=bool(progress),
         )
         return result.image.float().cpu()
 

@@ -1,6 +1,7 @@
 """Run methods on (content, style) pairs, score them with ``StyleMetrics``, write a report.
 
-``evaluate`` writes into ``cfg.output``:
+``evaluate`` writes into ``settings.output`` (an ``EvaluationSettings``; ``scripts/evaluate.py`` builds
+it from ``configs/evaluate.yaml``):
 
 * ``report.json``: ``{method: {"mean": {metric: value, "seconds": s}, "images": [{"photo",
   "style", metric: value, ..., "seconds"}]}}`` (top-level keys are exactly the method names;
@@ -11,7 +12,7 @@
 * ``sweep_grid.png`` for a multirun folder (``sweep_grid_<style>_<time>.png`` when several):
   rows = pairs, columns = runs, captioned with each run's differing overrides and metrics;
 * ``images/<method>/<content>__<style>.png``: every output;
-* ``config.yaml``: the configuration and what was evaluated.
+* ``config.yaml``: the settings (laid out as ``configs/evaluate.yaml``) and what was evaluated.
 
 Pairing: ``identity``, ``gatys`` and ``paper`` run on every content photo with every style
 (the styles given plus the styles the checkpoints were trained on). A checkpoint ignores the
@@ -27,15 +28,16 @@ import math
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
 from hrstyle.errors import UserError
-from hrstyle.evaluation.methods import Method, _cfg_get, build_methods
+from hrstyle.evaluation.methods import Method, MethodOptions, build_methods
 from hrstyle.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import find_label_map, load_label_map, regional_color_distance
 from hrstyle.image.io import load_image, resize_long_side, save_image_atomic, tensor_to_pil
@@ -58,6 +60,42 @@ NEWLINE = "\n"
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+
+# The defaults are those of configs/evaluate.yaml (see the note above GatysOptions in methods.py).
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What an evaluation writes where, at which sizes, on which device.
+
+    Attributes:
+        output: the report folder.
+        size: photos are downscaled to this long side (never upscaled).
+        style_size: long side of the style images (the Gram targets of the metrics and the gatys/paper loss).
+        thumb: long side of the pictures in contact_sheet.png / sweep_grid.png (at least 16).
+        device: auto | cpu | cuda | cuda:N.
+        limit: use only the first N content photos; None: all.
+        content_masks, style_masks: folders of label maps named like the images: with both, each pair
+            that has both maps gets the regional colour distance.
+        method_options: how the methods are built and run; its ``loss`` is also the metric network.
+    """
+
+    output: Path
+    size: int = 384
+    style_size: int = 512
+    thumb: int = 256
+    device: str = "auto"
+    limit: int | None = None
+    content_masks: Path | None = None
+    style_masks: Path | None = None
+    method_options: MethodOptions = field(default_factory=MethodOptions)
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings as plain data laid out like ``configs/evaluate.yaml`` (the method options at
+        the top level, paths as strings)."""
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_options"}
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in top.items()}
+        return {**data, **asdict(self.method_options)}
+
 
 
 def _named(paths: Sequence[Path]) -> list[tuple[str, Path]]:
@@ -88,27 +126,24 @@ def _finite(value: float) -> float | None:
 
 
 def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], methods: Sequence[str] | str,
-             cfg: Any) -> dict[str, Any]:
+             settings: EvaluationSettings) -> dict[str, Any]:
     """Run every method on every (content, style) pair it applies to and write the report.
 
     Args:
-        contents: content photo files (``cfg.limit``: use only the first N).
+        contents: content photo files (``settings.limit``: use only the first N).
         styles: style image files; may be empty when every method is a checkpoint whose
             training style image exists.
         methods: method strings (see ``hrstyle.evaluation.methods``).
-        cfg: ``configs/evaluate.yaml`` (a DictConfig or a mapping): ``output``, ``size``,
-            ``style_size``, ``thumb``, ``device``, ``loss``, ``gatys``, ``paper``, ``seed``, ``progress``,
-            ``content_masks``, ``style_masks`` (folders of label maps named like the images: with
-            both, each pair that has both maps gets the regional colour distance).
+        settings: the output folder, sizes, device, masks and method options.
 
     Returns the ``report.json`` dict. Raises ``UserError`` for bad input.
     """
     from hrstyle.inference.stylizer import pick_device
 
-    size, style_size = _cfg_get(cfg, "size", 384), _cfg_get(cfg, "style_size", 512)
-    thumb = int(_cfg_get(cfg, "thumb", 256))
-    out_dir = user_path(_cfg_get(cfg, "output", "outputs/evaluate"))
-    limit = _cfg_get(cfg, "limit")
+    size, style_size = settings.size, settings.style_size
+    thumb = int(settings.thumb)
+    out_dir = user_path(settings.output)
+    limit = settings.limit
     if thumb < 16:
         raise UserError(f"thumb must be at least 16 px, got {thumb}")
     contents = [Path(p) for p in contents]
@@ -119,9 +154,9 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
     if not contents:
         raise UserError("no content photo to evaluate on (content=<photo or folder>)")
     methods = [methods] if isinstance(methods, str) else list(methods or [])
-    device = pick_device(str(_cfg_get(cfg, "device", "auto")))
+    device = pick_device(str(settings.device))
 
-    built = build_methods(methods, cfg, device)
+    built = build_methods(methods, settings.method_options, device)
 
     # Styles: those given, plus the checkpoints' own (existing) training style images.
     style_paths = [Path(p) for p in styles]
@@ -147,10 +182,10 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
     protect = [*contents, *style_paths]  # outputs never overwrite an input
     content_images = {n: load_image(p, max_size=size).unsqueeze(0) for n, p in named_contents}
     style_images = {n: load_image(p, max_size=style_size).unsqueeze(0) for n, p in named_styles}
-    content_labels = _label_maps(_cfg_get(cfg, "content_masks"), named_contents)
-    style_labels = _label_maps(_cfg_get(cfg, "style_masks"), named_styles)
+    content_labels = _label_maps(settings.content_masks, named_contents)
+    style_labels = _label_maps(settings.style_masks, named_styles)
 
-    metrics = StyleMetrics.from_loss_config(_cfg_get(cfg, "loss") or {}).to(device)
+    metrics = StyleMetrics.from_loss_config(settings.method_options.loss or {}).to(device)
     results: dict[str, list[dict[str, Any]]] = {m.name: [] for m in built}
     thumbs: dict[tuple[str, str, str], Image.Image] = {}
     width = max(len(m.name) for m in built)
@@ -198,9 +233,10 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text(out_dir / "report.json", _json(report))
-    markdown = render_markdown(report, built, cfg)
+    markdown = render_markdown(report, built, settings)
     _write_text(out_dir / "report.md", markdown)
-    _write_text(out_dir / "config.yaml", _config_yaml(cfg, built, named_contents, named_styles, pairs_for))
+    _write_text(out_dir / "config.yaml", _config_yaml(settings, methods, built, named_contents, named_styles,
+                                                      pairs_for))
     sheet = contact_sheet(pairs, built, report, thumbs, inputs, thumb)
     save_image_atomic(sheet, out_dir / "contact_sheet.png", protect=protect)
     written = [out_dir / "report.md", out_dir / "report.json", out_dir / "contact_sheet.png"]
@@ -219,7 +255,7 @@ def evaluate(contents: Sequence[str | Path], styles: Sequence[str | Path], metho
     return report
 
 
-def _label_maps(folder: Any, named: Sequence[tuple[str, Path]]) -> dict[str, torch.Tensor]:
+def _label_maps(folder: Path | None, named: Sequence[tuple[str, Path]]) -> dict[str, torch.Tensor]:
     """{image name: its label map} for the images that have one in ``folder`` (None: no masks)."""
     if folder is None:
         return {}
@@ -272,18 +308,18 @@ def _table(report: dict[str, Any], names: Sequence[str], style: str | None = Non
     return "\n".join(rows)
 
 
-def render_markdown(report: dict[str, Any], methods: Sequence[Method], cfg: Any) -> str:
+def render_markdown(report: dict[str, Any], methods: Sequence[Method], settings: EvaluationSettings) -> str:
     """``report.md``: the mean table, per-style tables, sweep labels and metric definitions."""
     names = [m.name for m in methods]
     styles = list(dict.fromkeys(r["style"] for name in names for r in report[name]["images"]))
     contents = list(dict.fromkeys(r["photo"] for name in names for r in report[name]["images"]))
-    loss = _cfg_get(cfg, "loss") or {}
+    loss = settings.method_options.loss or {}
     lines = [
         "# Evaluation",
         "",
-        f"{len(contents)} content photo(s) (long side <= {_cfg_get(cfg, 'size', 384)} px) x {len(styles)} style(s) "
-        f"(long side <= {_cfg_get(cfg, 'style_size', 512)} px); metric network {_cfg_get(loss, 'arch', 'vgg19')} "
-        f"(weights: {_cfg_get(loss, 'weights', 'imagenet')}). Means over the images of each method; "
+        f"{len(contents)} content photo(s) (long side <= {settings.size} px) x {len(styles)} style(s) "
+        f"(long side <= {settings.style_size} px); metric network {loss.get('arch') or 'vgg19'} "
+        f"(weights: {loss.get('weights') or 'imagenet'}). Means over the images of each method; "
         "↑ higher is better, ↓ lower is better.",
         "",
         _table(report, names),
@@ -328,16 +364,10 @@ def _json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, allow_nan=False) + "\n"
 
 
-def _config_yaml(cfg: Any, methods: Sequence[Method], contents: Sequence[tuple[str, Path]],
-                 styles: Sequence[tuple[str, Path]], pairs_for: dict[str, list[str]]) -> str:
-    if isinstance(cfg, DictConfig):
-        try:
-            data = OmegaConf.to_container(cfg, resolve=True)
-        except Exception:  # noqa: BLE001 - e.g. hydra: interpolations outside a Hydra run
-            data = OmegaConf.to_container(cfg, resolve=False)
-    else:
-        data = dict(cfg or {})
-    data = dict(data)  # type: ignore[arg-type]
+def _config_yaml(settings: EvaluationSettings, specs: Sequence[str], methods: Sequence[Method],
+                 contents: Sequence[tuple[str, Path]], styles: Sequence[tuple[str, Path]],
+                 pairs_for: dict[str, list[str]]) -> str:
+    data = {"methods": [str(s) for s in specs], **settings.to_config()}
     data["evaluated"] = {
         "contents": {n: str(p) for n, p in contents},
         "styles": {n: str(p) for n, p in styles},
