@@ -18,6 +18,7 @@ SHAPES = [(1, 3, 37, 53), (1, 3, 64, 64), (1, 3, 1, 5), (2, 3, 9, 14), (2, 3, 30
 CONFIGS = [
     {"width": 1.0, "padding_mode": "zeros"},
     {"width": 0.5, "padding_mode": "reflect", "output": "residual"},
+    {"width": 0.5, "padding_mode": "replicate", "output": "residual", "color_branch": True},
 ]
 ATOL = 1e-4
 
@@ -28,6 +29,9 @@ def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = HRNet(**request.param).eval()
     torch.nn.init.normal_(model.head[3].weight, std=0.1)  # a residual model starts at zero: make it do something
+    if model.color_branch:  # a target far from the identity: a warm, low-contrast style
+        model.color.set_target(torch.tensor([0.6, 0.45, 0.3]), torch.tensor([[0.02, 0.01, 0.0], [0.01, 0.015, 0.0],
+                                                                             [0.0, 0.0, 0.01]]))
     out = tmp_path_factory.mktemp("export")
     return model, export_torchscript(model, out / "m.torchscript.pt"), export_onnx(model, out / "m.onnx")
 

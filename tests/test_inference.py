@@ -63,6 +63,24 @@ def test_tiled_equals_untiled(stylizer, size, tile):
     torch.testing.assert_close(stylizer(x), untiled)
 
 
+def test_color_branch_tiles_exactly_on_both_backends(tmp_path):
+    """The colour branch needs the whole photo's colours: tiled runs (eager, and the ONNX backend,
+    which hands such a network's tiles to the eager tiler) equal the untiled network."""
+    torch.manual_seed(0)
+    model = HRNet(width=0.25, output="residual", color_branch=True)
+    torch.nn.init.normal_(model.head[3].weight, std=0.1)
+    model.color.set_target(torch.tensor([0.6, 0.5, 0.35]), torch.diag(torch.tensor([0.02, 0.015, 0.01])))
+    meta = {"generator_class": "hrstyle.models.hrnet.HRNet", "generator_config": model.config, "style_name": "cb"}
+    ckpt = save_generator(tmp_path / "cb.pt", model, meta)
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 150, 203), 3, 1, 1)
+    x[..., :60, :] *= 0.3  # a dark band: per-tile colour statistics would differ from the photo's
+    reference = Stylizer(ckpt, backend="eager", tile_size=0)(x)
+    for backend in ("eager", "onnx"):
+        tiled = Stylizer(ckpt, backend=backend, tile_size=96, cache_dir=tmp_path / "cache")
+        assert tiled.needs_tiling(150, 203)
+        assert (tiled(x) - reference).abs().max() < 1e-4, backend
+
+
 def test_blend_weights_sum_to_one():
     from hrstyle.image.tiles import add_tile
 

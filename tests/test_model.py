@@ -37,7 +37,8 @@ def test_batch_items_are_independent():
 @pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
 def test_width_and_padding_mode(width, padding_mode):
     model = HRNet(width=width, padding_mode=padding_mode)
-    assert model.config == {"width": width, "padding_mode": padding_mode, "output": "image"}
+    assert model.config == {"width": width, "padding_mode": padding_mode, "output": "image", "color_branch": False,
+                            "color_learned": True}
     assert model(torch.rand(1, 3, 21, 26)).shape == (1, 3, 21, 26)
     assert HRNet(**model.config).state_dict().keys() == model.state_dict().keys()
 
@@ -113,3 +114,43 @@ def test_residual_output_starts_as_the_identity_and_learns_a_change():
 def test_old_checkpoints_without_output_key_build_the_paper_network():
     model = HRNet(**{"width": 1.0, "padding_mode": "zeros"})
     assert model.config["output"] == "image" and not model.residual
+
+
+def test_newton_schulz_square_roots_match_the_eigendecomposition():
+    from hrstyle.image.color import sqrtm_psd
+    from hrstyle.models.color import sqrtm_newton_schulz
+
+    g = torch.Generator().manual_seed(0)
+    for ratio in (1.0, 1e-2, 1e-4):  # well conditioned to nearly flat (a grey photo plus the ridge)
+        q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+        cov = q @ torch.diag(torch.tensor([0.05, 0.05 * ratio ** 0.5, 0.05 * ratio], dtype=torch.float64)) @ q.T
+        root, inv_root = sqrtm_newton_schulz(cov[None])
+        torch.testing.assert_close(root[0], sqrtm_psd(cov), atol=1e-6 * 0.05 ** 0.5, rtol=1e-4)
+        torch.testing.assert_close(root[0] @ inv_root[0], torch.eye(3, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_color_branch_starts_as_the_global_colour_transfer():
+    """At step 0 (zero last conv) the colour-branch network is exactly the evaluation's global colour
+    transfer (``match_color`` at strength 1) of each photo onto the style's statistics."""
+    from hrstyle.image.color import color_statistics, match_color
+    from hrstyle.models.color import color_moments
+
+    g = torch.Generator().manual_seed(1)
+    photos = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 40, 56, generator=g), 5, 1, 2) * 0.6 + 0.1
+    style = torch.rand(1, 3, 32, 32, generator=g) * torch.tensor([0.3, 0.4, 0.5]).view(1, 3, 1, 1) + 0.4
+    model = HRNet(width=0.25, output="residual", color_branch=True).eval()
+    mean, cov = color_moments(style)
+    model.color.set_target(mean[0], cov[0])
+    with torch.no_grad():
+        out = model(photos)
+    n = 32 * 32
+    target = (color_statistics(style)[0], color_statistics(style)[1] * (n - 1) / n)
+    for i in range(2):  # each photo from its own statistics, as a batch of one would be
+        expected = match_color(photos[i:i + 1], target, 1.0).clamp(1e-3, 1 - 1e-3)
+        torch.testing.assert_close(out[i:i + 1], expected, atol=1e-3, rtol=0)  # float32 vs float64: < 1/4 level
+    assert HRNet(**model.config).color_branch
+    with pytest.raises(ValueError, match="residual"):
+        HRNet(output="image", color_branch=True)
+    # The branch's targets are parameters: training can move them.
+    names = {n for n, _ in model.named_parameters()}
+    assert {"color.target_mean", "color.target_root"} <= names

@@ -23,8 +23,9 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
     recipe scored 0.26 edge-SSIM) and the Gram distance must fall well below the photos'.
     Both on the mean of the three: one photo's Gram distance can rise under any style (a
     photo already close to the style's statistics), the mean over varied photos does not.
-    Then the same with the checkpoint's inference defaults (guided filter + colour match):
-    more structure, lower Gram distance, a photograph (photorealism residual near 0)."""
+    Then the same with the checkpoint's inference defaults (the guided filter; no colour match, the
+    generator's colour branch does the global colour change): more structure, still well below the
+    photos' Gram distance, a photograph (photorealism residual near 0)."""
     cfg = compose_train([
         "experiment=cpu_quick", "trainer.max_steps=200", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "trainer.val_check_interval=100", "data.num_workers=0",
@@ -33,9 +34,9 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
     ], tmp_path / "run")
     result = train(cfg)
     generator, meta = load_generator(result["last_checkpoint"])
-    assert meta["generator_config"]["output"] == "residual" and meta["guided_radius"] == 8
-    assert meta["color_match"] == 1.0 and len(meta["style_color"]["mean"]) == 3
-    # What a user gets: the checkpoint's own inference defaults (guided filter, then the colour match).
+    assert meta["generator_config"]["output"] == "residual" and meta["generator_config"]["color_branch"]
+    assert meta["guided_radius"] == 8 and meta["color_match"] == 0.0 and len(meta["style_color"]["mean"]) == 3
+    # What a user gets: the checkpoint's own inference defaults (the guided filter).
     stylizer = Stylizer(result["last_checkpoint"], device="cpu", tile_size=0, cache_dir=tmp_path / "cache")
 
     metrics = StyleMetrics(arch="vgg16", weights=str(OFFLINE_VGG16))
@@ -55,27 +56,28 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
         real_default.append(default["photorealism"].item())
     assert sum(edge) / 3 > 0.45, edge
     assert sum(gram) < 0.7 * sum(gram_photo), (gram, gram_photo)
-    # The defaults keep more of the photo and move further towards the style than the network alone.
+    # The defaults keep more of the photo than the network alone, and still take the style.
     assert sum(edge_default) / 3 > max(0.6, sum(edge) / 3), (edge_default, edge)
-    assert sum(gram_default) < min(0.5 * sum(gram_photo), sum(gram)), (gram_default, gram, gram_photo)
+    assert sum(gram_default) < 0.7 * sum(gram_photo), (gram_default, gram_photo)
     assert max(real_default) < 0.05, real_default
 
 
 @pytest.mark.slow
 @needs_shared
 def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(tmp_path):
-    """The photo recipe (sliced-Wasserstein style loss + CIELAB colour term), 300 CPU-preset steps on the
-    training photos with the snowy-valley style, scored on the unseen segmented photo of that pair
-    (green valley): the network alone must move the regions towards the style's (the Gram recipe moved
-    them away: 42.7 against the photo's 34.5) without darkening (the Gram recipe: 31.7 L* darker than
-    the style), and what a user gets (the checkpoint's defaults) must beat the global colour transfer."""
+    """The photo recipe (colour-branch generator, sliced-Wasserstein style loss, CIELAB colour term), the
+    whole CPU preset (600 steps) on the training photos with the snowy-valley style, scored on the unseen
+    segmented photo of that pair (green valley): the network alone must move each region closer to the
+    style's than the global colour transfer of the photo does (the transfer: 20.9; this recipe: 18.9; the
+    Gram recipe moved the regions away from the style, 42.7 against the photo's 34.5), without darkening
+    (the Gram recipe: 31.7 L* darker than the style), and so must what a user gets (the defaults)."""
     from hrstyle.evaluation.metrics import lightness_gap
     from hrstyle.evaluation.regional import load_label_map, regional_color_distance
     from hrstyle.image.color import color_statistics, match_color
 
     cfg = compose_train([
-        "experiment=cpu_quick", "trainer.max_steps=300", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "trainer.val_check_interval=100", "data.num_workers=0",
+        "experiment=cpu_quick", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "trainer.val_check_interval=300", "data.num_workers=0",
         "loss=vgg16", f"loss.weights={OFFLINE_VGG16}", f"data.content={TRAIN_PHOTOS}",
         "style=custom", f"style.image={SHARED_STYLES / 'fps_in81.png'}",
     ], tmp_path / "run")
@@ -93,6 +95,6 @@ def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(tmp_
         network = generator(photo).clamp(0, 1)
     default = Stylizer(result["last_checkpoint"], device="cpu", tile_size=0, cache_dir=tmp_path / "cache")(photo)
     transfer = match_color(photo, color_statistics(style), 1.0)
-    assert regional(network) < 0.9 * regional(photo), (regional(network), regional(photo))
-    assert abs(lightness_gap(network, style).item()) < 8
+    assert regional(network) < regional(transfer) < regional(photo), (regional(network), regional(transfer))
+    assert abs(lightness_gap(network, style).item()) < 3
     assert regional(default) < regional(transfer), (regional(default), regional(transfer))

@@ -2,7 +2,8 @@
 
 Two things make tiles disagree, and each has its fix:
 
-1. **Instance-norm statistics.** Every instance norm normalizes with the mean and
+1. **Instance-norm statistics** (and the colour branch's, ``hrstyle.models.color``: the whole
+   photo's colour moments, computed directly from the image before anything else). Every instance norm normalizes with the mean and
    variance of the *whole* feature map. A tile alone would use its own statistics (a sky
    tile and a forest tile would be normalized differently: visible blocks). Estimates do
    not work for this network: statistics from a 2× thumbnail, or pooled over crops that
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from hrstyle.image.tiles import ALIGN, RECEPTIVE_RADIUS, RunningMoments, Tile, add_tile, make_tiles, min_tile_size
+from hrstyle.models.color import freeze_color_statistics
 from hrstyle.models.norm import StatsInstanceNorm2d, set_norm_mode
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -81,6 +83,7 @@ def freeze_exact_norm_stats(
     _, _, h, w = image.shape
     padded_h, padded_w = h + (-h) % ALIGN, w + (-w) % ALIGN
     set_norm_mode(model, "live")
+    freeze_color_statistics(model, image)  # the colour branch, if any: the whole photo's colours
     pending = norm_layers_in_order(model)
     passes = 0
     while pending:

@@ -12,7 +12,10 @@ resolution and keeps the photo's structure::
                      │   quarter: d4(32→32) ┬ d(32→32) = 64 ─ ↑4 ┘
                                       → B(192→64) → B(64→32) → B(32→16) → conv(16→3) → sigmoid
 
-(B: bottleneck residual block, d: strided 3x3 conv, ↑: bilinear upsampling.)
+(B: bottleneck residual block, d: strided 3x3 conv, ↑: bilinear upsampling.) With
+``output="residual"`` the result is ``sigmoid(logit(base) + conv(16→3))``, where ``base`` is the
+photo, or with ``color_branch`` the photo's global colour transfer onto learned statistics
+(``hrstyle.models.color``): the streams then learn only the regional change.
 
 Fixes over the reference code: no in-place op on a tensor autograd saved, any H×W
 (edge-padded to a multiple of 4 internally and cropped back), an output in [0, 1]
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrstyle.models.color import GlobalColorTransfer
 from hrstyle.models.norm import StatsInstanceNorm2d
 
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -122,6 +126,12 @@ class HRNet(nn.Module):
             to zero: training starts from the photo itself and learns the change, instead
             of first having to learn to reproduce the photo from a random network, which
             on few photos and steps collapses to flat colour fields).
+        color_branch: with ``output="residual"``, the residual is added to the photo after a
+            global colour transfer onto learned statistics (``hrstyle.models.color``):
+            ``sigmoid(logit(transfer(photo)) + last conv)``. The transfer, per photo, does the
+            global colour change; the convolutional streams learn the regional one.
+        color_learned: whether training moves the branch's target statistics (False: they stay
+            the style image's).
 
     ``forward`` maps an (N, 3, H, W) RGB image in [0, 1], any H, W >= 1, to an
     (N, 3, H, W) RGB image in [0, 1].
@@ -132,18 +142,24 @@ class HRNet(nn.Module):
     # A TorchScript constant: scripting does not see plain class attributes.
     __constants__ = ["multiple"]
 
-    def __init__(self, width: float = 1.0, padding_mode: str = "zeros", output: str = "image") -> None:
+    def __init__(self, width: float = 1.0, padding_mode: str = "zeros", output: str = "image",
+                 color_branch: bool = False, color_learned: bool = True) -> None:
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
+        if color_branch and output != "residual":
+            raise ValueError("color_branch needs output='residual' (the branch gives the picture the residual is added to)")
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
         self.width = float(width)
         self.padding_mode = padding_mode
         self.output = output
         self.residual = output == "residual"  # a bool attribute: a TorchScript-friendly branch
+        self.color_branch = bool(color_branch)
+        self.color_learned = bool(color_learned)
+        self.color: nn.Module = GlobalColorTransfer(learned=color_learned) if color_branch else nn.Identity()
         c16, c32, c64 = (max(int(round(c * width)), 4) for c in (16, 32, 64))
         pm = padding_mode
 
@@ -170,7 +186,8 @@ class HRNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments; stored in checkpoints to rebuild the network."""
-        return {"width": self.width, "padding_mode": self.padding_mode, "output": self.output}
+        return {"width": self.width, "padding_mode": self.padding_mode, "output": self.output,
+                "color_branch": self.color_branch, "color_learned": self.color_learned}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -204,7 +221,7 @@ class HRNet(nn.Module):
         y = self.head[3](self.head[2](self.head[1](y)))[..., :h, :w]
         if self.residual:
             # logit written out (log/log1p), clamped so 0 and 255 stay finite: exports to ONNX as is.
-            p = photo.clamp(1e-3, 1 - 1e-3)
+            p = self.color(photo).clamp(1e-3, 1 - 1e-3)
             y = y + (torch.log(p) - torch.log1p(-p))
         return torch.sigmoid(y)
 

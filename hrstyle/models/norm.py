@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrstyle.models.color import GlobalColorTransfer
+
 
 class StatsInstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` (affine, no running stats) with recordable statistics."""
@@ -49,11 +51,12 @@ class StatsInstanceNorm2d(nn.InstanceNorm2d):
 
 
 def set_norm_mode(model: nn.Module, mode: str) -> None:
-    """Switch every ``StatsInstanceNorm2d`` in ``model`` to ``mode`` (live/record/frozen)."""
+    """Switch every ``StatsInstanceNorm2d`` (and the colour branch, ``GlobalColorTransfer``, whose
+    statistics are the photo's colours) in ``model`` to ``mode`` (live/record/frozen)."""
     if mode not in ("live", "record", "frozen"):
         raise ValueError(f"unknown instance-norm mode {mode!r}")
     for module in model.modules():
-        if isinstance(module, StatsInstanceNorm2d):
+        if isinstance(module, (StatsInstanceNorm2d, GlobalColorTransfer)):
             module.mode = mode
             if mode == "live":
                 module.recorded = None

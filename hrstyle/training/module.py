@@ -16,6 +16,7 @@ from hrstyle.evaluation.metrics import StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import load_label_map, regional_color_distance
 from hrstyle.image.io import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.losses import ContentStyleLoss
+from hrstyle.models.color import GlobalColorTransfer, color_moments
 from hrstyle.paths import user_path
 
 #: Long side of the ``regional`` photo at validation (the evaluation's default size).
@@ -85,6 +86,10 @@ class StyleTransferModule(pl.LightningModule):
         # Style Gram targets: computed once here, then non-persistent buffers of loss_fn.
         self.style = load_image(user_path(style_image), max_size=style_size, max_pixels=max_pixels).unsqueeze(0)
         self.loss_fn.set_style(self.style)
+        color = getattr(generator, "color", None)
+        if isinstance(color, GlobalColorTransfer):  # the colour branch starts at the style's statistics
+            mean, cov = color_moments(self.style)
+            color.set_target(mean[0], cov[0])
         self._preview_batch: torch.Tensor | None = None
         self.metrics: StyleMetrics | None = None
         if val_metrics:
