@@ -98,7 +98,14 @@ def test_other_top_level_configs_compose(name):
 
 
 def test_all_top_level_configs_are_tested():
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export", "evaluate", "optimize", "explore"}
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == {"train", "infer", "export", "evaluate", "optimize", "explore",
+                                                        "app"}
+
+
+def test_app_config_composes():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("app", overrides=["checkpoints=outputs/train/mine", "port=7000"])
+    assert cfg.checkpoints == "outputs/train/mine" and cfg.port == 7000 and cfg.host == "127.0.0.1"
 
 
 @pytest.mark.parametrize("name", ["evaluate", "optimize", "explore"])
