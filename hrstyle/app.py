@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
-from hrstyle.checkpoint import load_generator
+from hrstyle.checkpoint import PROJECT_ROOT, load_generator
 from hrstyle.errors import UserError
 from hrstyle.image.guided import DEFAULT_RADIUS
 from hrstyle.image.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, open_rgb, resize_long_side
@@ -34,7 +34,6 @@ from hrstyle.paths import user_path
 
 #: The repository (a source checkout or editable install): the shipped styles are in its checkpoints/, always in
 #: the gallery, and the shipped checkpoints record their style images relative to it.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 #: Working resolutions offered (label → ``work_size``); the CLI takes any.
 WORK_SIZES = {"512 px (fast)": DEFAULT_WORK_SIZE, "1024 px": 1024, "2048 px": 2048, "full resolution (slow)": None}

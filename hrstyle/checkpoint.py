@@ -21,7 +21,7 @@ CHECKPOINT_KEY = "hrstyle"
 STYLE_COLOR_SIZE = 512
 
 #: The repository root (checkpoints/ lives there in a source checkout / editable install).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

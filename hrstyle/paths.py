@@ -31,6 +31,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], wha
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp creates the file 0600; give the result the permissions a plain open() would (0666 less
+        # the umask), so that a stylized photo or checkpoint can be shared like any other file.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -46,6 +49,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], wha
         kept = " (the previous one is intact)" if path.exists() else ""
         raise UserError(f"cannot write {what} {path}: {reason}{kept}") from exc
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: setting the umask to read it is not safe while writer threads create files.
+_UMASK = _read_umask()
 
 
 def _write_failure(exc: BaseException) -> str | None:

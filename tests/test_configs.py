@@ -41,7 +41,8 @@ def test_command_line_overrides_reach_the_objects():
     assert loss.style_layers == {"relu1_1": 2.0, "relu3_1": 3.0}
     assert loss.content_layer == "conv4_2"
     model = instantiate(cfg.model)
-    assert model.config == {"width": 0.5, "padding_mode": "reflect", "output": "image"}
+    assert model.config == {"width": 0.5, "padding_mode": "reflect", "output": "image", "color_branch": False,
+                            "color_learned": True}
     assert instantiate(cfg.optimizer)(model.parameters()).defaults["lr"] == 0.01
 
 
@@ -49,9 +50,9 @@ def test_default_recipe_and_the_papers():
     """The default trains a feed-forward style over many photos (residual generator, Adam 1e-3);
     experiment=paper keeps the paper's generator output and its one-photo schedule."""
     cfg = compose_train(["style=custom", "style.image=x.jpg"])
-    assert cfg.model.output == "residual" and cfg.optimizer.lr == 1e-3
+    assert cfg.model.output == "residual" and cfg.model.color_branch and cfg.optimizer.lr == 1e-3
     paper = compose_train(["experiment=paper", "data.content=photo.jpg"])
-    assert paper.model.output == "image"
+    assert paper.model.output == "image" and not paper.model.color_branch
     assert paper.optimizer.lr == 5e-3 and paper.scheduler.step_size == 200 and paper.scheduler.gamma == 0.9
     assert paper.loss.style_statistic == "gram" and paper.loss.color_distribution_weight == 0
     assert list(paper.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
@@ -63,14 +64,14 @@ def test_default_recipe_and_the_papers():
     # Painterly styles use the painterly recipe: the paper's generator output and rate, no photorealism controls.
     for painting in ("starry", "udnie"):
         painterly = compose_train([f"style={painting}", "experiment=cpu_quick"])
-        assert painterly.model.output == "image" and painterly.optimizer.lr == 5e-3
+        assert painterly.model.output == "image" and not painterly.model.color_branch and painterly.optimizer.lr == 5e-3
         assert painterly.loss.photoreal_weight == 0 and painterly.style.guided_radius == 0
         assert painterly.style.color_match == 0
         assert list(painterly.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
         assert painterly.loss.style_statistic == "gram" and painterly.loss.color_distribution_weight == 0
     assert compose_train(["style=starry"]).loss.style_weight == 3
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 8
-    assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 1.0
+    assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 0.0  # the colour branch does it
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     # The paper's layer weights on the post-ReLU layers (docs/recipes.md, "Style layers after the ReLU").

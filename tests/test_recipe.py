@@ -14,35 +14,42 @@ from hrstyle.training.train import train
 TRAIN_PHOTOS = SHARED / "data" / "train"
 
 
+@pytest.fixture(scope="module")
+def winter_run(tmp_path_factory):
+    """The whole CPU preset (600 steps) of the photo recipe on the training photos with the snowy-valley style
+    (about 9 minutes on 2 cores): one run for both tests."""
+    tmp_path = tmp_path_factory.mktemp("recipe")
+    cfg = compose_train([
+        "experiment=cpu_quick", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "trainer.val_check_interval=300", "data.num_workers=0",
+        "loss=vgg16", f"loss.weights={OFFLINE_VGG16}", f"data.content={TRAIN_PHOTOS}",
+        "style=custom", f"style.image={SHARED_STYLES / 'fps_in81.png'}",
+    ], tmp_path / "run")
+    return train(cfg)["last_checkpoint"], tmp_path
+
+
 @pytest.mark.slow
 @needs_shared
-def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_path):
-    """A short CPU-preset run (residual generator) on the training photos, scored on three
-    photos of the evaluation set: the edges must survive (a collapsed output — flat colour
-    fields, stripes — scores far below the floor: the paper's generator under the old
-    recipe scored 0.26 edge-SSIM) and the Gram distance must fall well below the photos'.
-    Both on the mean of the three: one photo's Gram distance can rise under any style (a
-    photo already close to the style's statistics), the mean over varied photos does not.
-    Then the same with the checkpoint's inference defaults (the guided filter; no colour match, the
-    generator's colour branch does the global colour change): more structure, still well below the
-    photos' Gram distance, a photograph (photorealism residual near 0)."""
-    cfg = compose_train([
-        "experiment=cpu_quick", "trainer.max_steps=200", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "trainer.val_check_interval=100", "data.num_workers=0",
-        "loss=vgg16", f"loss.weights={OFFLINE_VGG16}", f"data.content={TRAIN_PHOTOS}",
-        "style=custom", f"style.image={SHARED_STYLES / 'capvst_03.jpeg'}", "style.size=256",
-    ], tmp_path / "run")
-    result = train(cfg)
-    generator, meta = load_generator(result["last_checkpoint"])
+def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(winter_run):
+    """The CPU-preset network scored on three photos of the evaluation set: the edges must survive (a
+    collapsed output — flat colour fields, stripes — scores far below the floor: the paper's generator
+    under an old recipe scored 0.26 edge-SSIM) and the Gram distance must fall well below the photos'.
+    Both on the mean of the three: one photo's Gram distance can rise under any style (a photo already
+    close to the style's statistics), the mean over varied photos does not. Then the same with the
+    checkpoint's inference defaults (the guided filter; no colour match, the generator's colour branch
+    does the global colour change): more structure, still well below the photos' Gram distance, a
+    photograph (photorealism residual near 0)."""
+    checkpoint, tmp_path = winter_run
+    generator, meta = load_generator(checkpoint)
     assert meta["generator_config"]["output"] == "residual" and meta["generator_config"]["color_branch"]
     assert meta["guided_radius"] == 8 and meta["color_match"] == 0.0 and len(meta["style_color"]["mean"]) == 3
     # What a user gets: the checkpoint's own inference defaults (the guided filter).
-    stylizer = Stylizer(result["last_checkpoint"], device="cpu", tile_size=0, cache_dir=tmp_path / "cache")
+    stylizer = Stylizer(checkpoint, device="cpu", tile_size=0, cache_dir=tmp_path / "cache")
 
     metrics = StyleMetrics(arch="vgg16", weights=str(OFFLINE_VGG16))
-    metrics.set_style(load_image(SHARED_STYLES / "capvst_03.jpeg", 256)[None])
+    metrics.set_style(load_image(SHARED_STYLES / "fps_in81.png", 256)[None])
     edge, gram, gram_photo, edge_default, gram_default, real_default = [], [], [], [], [], []
-    for name in ("capvst_02.jpg", "fps_in81.png", "fps_in87.png"):  # never trained on
+    for name in ("capvst_02.jpg", "fps_in90.png", "fps_in87.png"):  # never trained on
         photo = load_image(SHARED_CONTENT / name, 192)[None]
         with torch.no_grad():
             stylized = generator(photo)
@@ -64,25 +71,18 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(tmp_pat
 
 @pytest.mark.slow
 @needs_shared
-def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(tmp_path):
-    """The photo recipe (colour-branch generator, sliced-Wasserstein style loss, CIELAB colour term), the
-    whole CPU preset (600 steps) on the training photos with the snowy-valley style, scored on the unseen
-    segmented photo of that pair (green valley): the network alone must move each region closer to the
-    style's than the global colour transfer of the photo does (the transfer: 20.9; this recipe: 18.9; the
-    Gram recipe moved the regions away from the style, 42.7 against the photo's 34.5), without darkening
-    (the Gram recipe: 31.7 L* darker than the style), and so must what a user gets (the defaults)."""
+def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(winter_run):
+    """Scored on the unseen segmented photo of the snowy-valley pair (a green valley): the network alone must
+    move each region closer to the style's than the global colour transfer of the photo does (the transfer:
+    20.9; this recipe: 18.9; the Gram recipe moved the regions away from the style, 42.7 against the photo's
+    34.5), without darkening (the Gram recipe: 31.7 L* darker than the style), and so must what a user gets
+    (the defaults)."""
     from hrstyle.evaluation.metrics import lightness_gap
     from hrstyle.evaluation.regional import load_label_map, regional_color_distance
     from hrstyle.image.color import color_statistics, match_color
 
-    cfg = compose_train([
-        "experiment=cpu_quick", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "trainer.val_check_interval=300", "data.num_workers=0",
-        "loss=vgg16", f"loss.weights={OFFLINE_VGG16}", f"data.content={TRAIN_PHOTOS}",
-        "style=custom", f"style.image={SHARED_STYLES / 'fps_in81.png'}",
-    ], tmp_path / "run")
-    result = train(cfg)
-    generator, _ = load_generator(result["last_checkpoint"])
+    checkpoint, tmp_path = winter_run
+    generator, _ = load_generator(checkpoint)
     photo = load_image(SHARED_CONTENT / "fps_in81.png", 384)[None]
     style = load_image(SHARED_STYLES / "fps_in81.png", 512)[None]
     labels = (load_label_map(SHARED / "data" / "segmentation" / "content" / "fps_in81.png"),
@@ -93,7 +93,7 @@ def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(tmp_
 
     with torch.no_grad():
         network = generator(photo).clamp(0, 1)
-    default = Stylizer(result["last_checkpoint"], device="cpu", tile_size=0, cache_dir=tmp_path / "cache")(photo)
+    default = Stylizer(checkpoint, device="cpu", tile_size=0, cache_dir=tmp_path / "cache")(photo)
     transfer = match_color(photo, color_statistics(style), 1.0)
     assert regional(network) < regional(transfer) < regional(photo), (regional(network), regional(transfer))
     assert abs(lightness_gap(network, style).item()) < 3

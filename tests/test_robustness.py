@@ -773,3 +773,13 @@ def test_folder_inference_work_per_photo_does_not_grow_with_the_folder(tmp_path,
     summary = stylize_files(Stylizer(tiny_checkpoint, device="cpu"), jobs, log=lambda _: None)
     assert summary.done == 60
     assert calls["n"] <= 5 * 60, f"{calls['n']} path resolutions for 60 photos"
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp's private 0600 must not leak into outputs: a stylized photo is shared like any file."""
+    import stat
+
+    from hrstyle import paths
+
+    out = paths.write_atomic(tmp_path / "out.bin", lambda f: f.write(b"x"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~paths._UMASK != 0o600
