@@ -44,7 +44,7 @@ def styles():
 def test_the_gallery_has_the_shipped_styles_and_thumbnails_without_their_images(styles, tmp_path):
     assert {"winter", "porcelain", "faded", "overcast", "vivid", "starry"} <= set(styles)
     assert list(styles)[-1] == "starry"  # photo styles first
-    assert styles["winter"].photo_style and styles["winter"].color_match == 1.0 and styles["winter"].has_color
+    assert styles["winter"].photo_style and styles["winter"].color_match == 0.0 and styles["winter"].has_color
     assert not styles["starry"].photo_style
     missing = type(styles["winter"])(**{**styles["winter"].__dict__, "style_image": None})
     tile = thumbnail(missing, 64)  # the style image is not here: a tile in the style's mean colour
