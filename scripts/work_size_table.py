@@ -1,14 +1,14 @@
 """What the working resolution does to the pictures: one Markdown table over several ``work_size`` values.
 
     python scripts/work_size_table.py --photos <photos> --segmented <photos> --segmentation <segmentation> \
-        --styles <styles> \
-        --vgg16 <vgg16 weights> [--sizes 256 512 1024 0] [--crops out.png]
+        --styles <styles> --vgg16 <vgg16 weights> [--sizes 256 512 1024 0] [--crops out.png]
 
 For each shipped photo style (``checkpoints/{winter,porcelain,faded,overcast,vivid}.pt``) and each working
 resolution (0 = ``work_size=null``, the network at full resolution): the regional colour distance on the style's
-segmented pair (photo ``fps_inN`` of ``--segmented`` at its own size), and on every photo of ``--photos`` (at most ``--max-size``
-px long, 2048 by default, so that the full-resolution rows take minutes, not hours on a CPU) the edge-SSIM and photorealism of the default output against the photo (measured at a 1024 px long side: the look at
-viewing size; ``--crops`` draws 1:1 crops of the largest photo for the fine detail).
+segmented pair (photo ``fps_inN`` of ``--segmented``, at its own size), and on every photo of ``--photos`` (at most
+``--max-size`` px long, 2048 by default, so that the full-resolution rows take minutes on a CPU, not hours) the
+edge-SSIM and photorealism of the default output against the photo, measured at a 1024 px long side (the look at
+viewing size). ``--crops`` draws 1:1 crops of the largest photo through ``winter.pt`` for the fine detail.
 """
 
 from __future__ import annotations
