@@ -133,18 +133,15 @@ def test_color_branch_starts_as_the_global_colour_transfer():
     """At step 0 (zero last conv) the colour-branch network is exactly the evaluation's global colour
     transfer (``match_color`` at strength 1) of each photo onto the style's statistics."""
     from hrstyle.image.color import color_statistics, match_color
-    from hrstyle.models.color import color_moments
 
     g = torch.Generator().manual_seed(1)
     photos = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 40, 56, generator=g), 5, 1, 2) * 0.6 + 0.1
     style = torch.rand(1, 3, 32, 32, generator=g) * torch.tensor([0.3, 0.4, 0.5]).view(1, 3, 1, 1) + 0.4
     model = HRNet(width=0.25, output="residual", color_branch=True).eval()
-    mean, cov = color_moments(style)
-    model.color.set_target(mean[0], cov[0])
+    target = color_statistics(style)
+    model.color.set_target(*target)
     with torch.no_grad():
         out = model(photos)
-    n = 32 * 32
-    target = (color_statistics(style)[0], color_statistics(style)[1] * (n - 1) / n)
     for i in range(2):  # each photo from its own statistics, as a batch of one would be
         expected = match_color(photos[i:i + 1], target, 1.0).clamp(1e-3, 1 - 1e-3)
         torch.testing.assert_close(out[i:i + 1], expected, atol=1e-3, rtol=0)  # float32 vs float64: < 1/4 level

@@ -13,7 +13,7 @@ Everything is written with matrix products (matrix square roots by Newton–Schu
 eigendecomposition), so the branch is differentiable, batched and exports to ONNX. For tiled
 inference the statistics must be the whole image's: like ``StatsInstanceNorm2d`` the module has a
 ``mode`` ("live", "record", "frozen") and ``recorded`` statistics, which ``set_norm_mode`` switches
-and ``set_color_statistics`` sets from the whole image.
+and ``freeze_color_statistics`` sets from the whole image.
 """
 
 import torch
@@ -45,8 +45,9 @@ def sqrtm_newton_schulz(matrix: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) 
     return y * root, z / root
 
 
-def color_moments(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image RGB mean (N, 3) and covariance (N, 3, 3), float32, of an (N, 3, H, W) batch."""
+def _moments(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image RGB mean (N, 3) and covariance (N, 3, 3), float32, of an (N, 3, H, W) batch: the batched,
+    differentiable form of ``hrstyle.image.color.color_statistics`` (one float64 image, chunked), for the forward."""
     flat = image.float().reshape(image.shape[0], 3, -1)
     mean = flat.mean(-1)
     centred = flat - mean[..., None]
@@ -93,10 +94,10 @@ class GlobalColorTransfer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "live":
-            mean, cov = color_moments(x)
+            mean, cov = _moments(x)
         else:
             if self.mode == "record":
-                mean, cov = color_moments(x.transpose(0, 1).reshape(1, 3, -1, 1))  # pooled over the batch
+                mean, cov = _moments(x.transpose(0, 1).reshape(1, 3, -1, 1))  # pooled over the batch
                 self.recorded = (mean, cov)
             recorded = self.recorded
             if recorded is None:

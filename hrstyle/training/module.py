@@ -14,9 +14,10 @@ from hrstyle.checkpoint import CHECKPOINT_KEY, style_color_entry
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import load_label_map, regional_color_distance
+from hrstyle.image.color import color_statistics
 from hrstyle.image.io import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.losses import ContentStyleLoss
-from hrstyle.models.color import GlobalColorTransfer, color_moments
+from hrstyle.models.color import GlobalColorTransfer
 from hrstyle.paths import user_path
 
 #: Long side of the ``regional`` photo at validation (the evaluation's default size).
@@ -88,8 +89,7 @@ class StyleTransferModule(pl.LightningModule):
         self.loss_fn.set_style(self.style)
         color = getattr(generator, "color", None)
         if isinstance(color, GlobalColorTransfer):  # the colour branch starts at the style's statistics
-            mean, cov = color_moments(self.style)
-            color.set_target(mean[0], cov[0])
+            color.set_target(*color_statistics(self.style))  # the ones the checkpoint stores for the colour match
         self._preview_batch: torch.Tensor | None = None
         self.metrics: StyleMetrics | None = None
         if val_metrics:
