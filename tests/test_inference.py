@@ -64,8 +64,8 @@ def test_tiled_equals_untiled(stylizer, size, tile):
 
 
 def test_color_branch_tiles_exactly_on_both_backends(tmp_path):
-    """The colour branch needs the whole photo's colours: tiled runs (eager, and the ONNX backend,
-    which hands such a network's tiles to the eager tiler) equal the untiled network."""
+    """The colour branch needs the whole photo's colours: tiled runs (the eager tiler, and the ONNX tiler,
+    whose tiles' graph takes the whole image's colour moments as inputs) equal the untiled network."""
     torch.manual_seed(0)
     model = HRNet(width=0.25, output="residual", color_branch=True)
     torch.nn.init.normal_(model.head[3].weight, std=0.1)
@@ -79,6 +79,7 @@ def test_color_branch_tiles_exactly_on_both_backends(tmp_path):
         tiled = Stylizer(ckpt, backend=backend, tile_size=96, cache_dir=tmp_path / "cache")
         assert tiled.needs_tiling(150, 203)
         assert (tiled(x) - reference).abs().max() < 1e-4, backend
+    assert tiled._ort._tiler.color_moments is not None  # the ONNX tiler itself ran (no eager fallback)
 
 
 def test_blend_weights_sum_to_one():

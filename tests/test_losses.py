@@ -268,3 +268,49 @@ def test_darkening_a_photo_darker_than_the_style_raises_the_colour_distribution_
     loss.set_style(style)
     terms = [loss(photo * gain, photo, seed=0)["color_distribution_loss"].item() for gain in (1.0, 0.8, 0.6)]
     assert terms[0] < terms[1] < terms[2]
+
+
+def _photo_128():
+    from hrstyle.image.io import load_image
+
+    return load_image(str(OFFLINE_VGG16.parent.parent / "data" / "content" / "fps_in81.png"), max_size=128)[None]
+
+
+@needs_shared
+def test_correspondence_targets_give_each_cell_of_the_style_its_own_colour():
+    """Matched against itself, every cell of a photo finds cells that look like it: the targets are the photo's
+    own regional colours, far closer to them than the photo's mean colour."""
+    from hrstyle.losses.perceptual import _cell_features, _lab, correspondence_targets
+    from hrstyle.losses.vgg import VGGFeatures
+
+    photo = _photo_128()
+    features = VGGFeatures(["relu4_1"], arch="vgg16", weights=str(OFFLINE_VGG16))(photo)["relu4_1"]
+    cell_lab = _lab(F.adaptive_avg_pool2d(photo, features.shape[-2:]))
+    targets = correspondence_targets(features, _cell_features(features), cell_lab)
+    assert targets.shape == cell_lab.shape
+    error = (targets - cell_lab).abs().mean()
+    global_error = (cell_lab.mean(dim=2, keepdim=True) - cell_lab).abs().mean()
+    assert error < 0.4 * global_error
+
+
+@needs_shared
+def test_correspondence_colour_term_rewards_the_regional_change_over_a_global_one():
+    """A style whose sky is red and whose ground is green: the photo recoloured region by region scores lower
+    than the photo moved globally onto the style's colour statistics (what a colour grade can do); at weight 0
+    the term is off."""
+    from hrstyle.image.color import color_statistics, match_color
+
+    photo = _photo_128()
+    top = torch.zeros_like(photo[:, :1])
+    top[..., : photo.shape[-2] // 2, :] = 1.0
+    regional = (photo * (top * torch.tensor([1.0, 0.5, 0.5]).view(1, 3, 1, 1)
+                         + (1 - top) * torch.tensor([0.5, 1.0, 0.5]).view(1, 3, 1, 1))).clamp(0, 1)
+    loss = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16", correspondence_color_weight=1.0)
+    loss.set_style(regional)
+    graded = match_color(photo.clone(), color_statistics(regional), 1.0)
+    scores = {name: loss(x, photo, seed=0)["correspondence_color_loss"].item()
+              for name, x in (("regional", regional), ("graded", graded), ("photo", photo))}
+    assert scores["regional"] < 0.5 * scores["graded"] < scores["photo"]
+    off = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16")
+    off.set_style(regional)
+    assert "correspondence_color_loss" not in off(photo, photo, seed=0)

@@ -1,6 +1,8 @@
 """The memory budget of CPU inference: the plan (untiled, batch, tile, stage cache) and that the
 Stylizer and the file runner follow it."""
 
+import time
+
 import pytest
 import torch
 from helpers import random_photo
@@ -163,6 +165,10 @@ def test_read_ahead_holds_one_large_image(tiny_checkpoint, tmp_path, monkeypatch
 
     def stylize(x):
         h, w = x.shape[-2:]
+        if not batches:  # the read-ahead has submitted the next photo: let a busy machine's worker start it
+            deadline = time.monotonic() + 10
+            while len(started) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
         # large images decoded (or decoding) and not yet stylized, this one included; and all images
         large_in_flight = sum(sizes[int(name[1:-4])] == (64, 48) for name in started) - finished.count((48, 64))
         finished.extend([(h, w)] * len(x))

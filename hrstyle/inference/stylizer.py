@@ -22,7 +22,6 @@ from hrstyle.image.lift import downscale, lift, upsample, working_shape
 from hrstyle.image.tiles import RECEPTIVE_RADIUS, min_tile_size
 from hrstyle.inference.onnx.memory import TilingPlan, memory_turn, plan_tiling, process_budget
 from hrstyle.inference.tiling import stylize_tiled
-from hrstyle.models.color import has_color_branch
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("auto", "onnx", "eager")
@@ -224,7 +223,6 @@ class Stylizer:
         self.strength, self.preserve_color = strength, preserve_color
         self.tile_cache_bytes = None if tile_cache_mb is None else int(tile_cache_mb) << 20
         self._ort = self._onnx_backend(backend, checkpoint, compile, cache_dir)
-        self._color_branch = has_color_branch(self.model)
         #: The backend in use: "onnx" or "eager".
         self.backend = "eager" if self._ort is None else "onnx"
         if self._ort is not None:
@@ -335,11 +333,6 @@ class Stylizer:
         """The generator on (N, 3, H, W) float images in [0, 1], tiled as planned → float32 on the CPU."""
         h, w = images.shape[-2:]
         plan = self.plan(h, w) if self._ort is not None else None
-        if plan is not None and plan.tile_size and self._color_branch:
-            # The ONNX tiler measures instance norms only; the colour branch needs the whole photo's
-            # colours, which the eager tiler sets before the tiles (`work_size=null` on huge photos only).
-            return torch.cat([stylize_tiled(self.model, img[None].cpu(), lambda t: self._forward(t, eager=True),
-                                            plan.tile_size, self.tile_margin, self.device) for img in images])
         if self._ort is not None and plan is not None:
             with memory_turn(self._ort):  # one forward in the process at a time, within the one budget
                 if plan.tile_size:

@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_lab
+from kornia.color import lab_to_rgb, rgb_to_lab
 from torch import nn
 
 from hrstyle.errors import UserError
+from hrstyle.image.color import color_statistics, color_transfer_map
 from hrstyle.losses.distributions import (
     flatten_features,
     mean_std,
@@ -30,6 +31,9 @@ DEFAULT_STYLE_LAYERS = {"relu1_1": 0.1, "relu2_1": 0.2, "relu3_1": 0.4, "relu4_1
 STYLE_STATISTICS = ("gram", "mean_std", "sliced_wasserstein")
 #: Random projections per step of the CIELAB colour-distribution term (3-D colours: a few suffice).
 COLOR_PROJECTIONS = 16
+#: Softmax temperature of the correspondence colour term's feature matching (cosine similarities): low
+#: enough that each cell takes the colour of its few best matches, not the style's average.
+CORRESPONDENCE_TEMPERATURE = 0.02
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -83,6 +87,15 @@ class ContentStyleLoss(nn.Module):
             Wasserstein distance between the output's CIELAB colours and the style image's, relative
             to the style's colour variance. It pulls every part of the colour distribution (the
             brightest, the darkest, each hue) towards the style's, not only its mean.
+        correspondence_color_weight: weight of the regional colour term (0 = off): every cell of
+            the photo's ``correspondence_layer`` grid is matched to the style image's cells by
+            the cosine similarity of their centred features (soft nearest neighbours,
+            ``correspondence_targets``), and the output's mean CIELAB colour in that cell is
+            pulled towards the matched style cells' colour, relative to the style's colour
+            variance. Sky finds sky and snow finds ground without masks, which a global
+            statistic (Gram, distribution, colour transfer) cannot express.
+        correspondence_layer: the loss-network layer whose features are matched (relu4_1: 8 px
+            cells, semantic enough to tell sky from ground, fine enough for regions).
         normalize: divide each layer's loss by the mean square of its target (content
             features, style Gram). Feature scales differ by orders of magnitude between
             layers and between loss networks (conv2_1 of the offline VGG16 has Gram entries
@@ -112,6 +125,8 @@ class ContentStyleLoss(nn.Module):
         style_statistic: str = "gram",
         style_projections: int | None = None,
         color_distribution_weight: float = 0.0,
+        correspondence_color_weight: float = 0.0,
+        correspondence_layer: str = "relu4_1",
     ) -> None:
         super().__init__()
         self.style_layers = _layer_weights(style_layers, style_layer_weights)
@@ -122,7 +137,8 @@ class ContentStyleLoss(nn.Module):
         self.style_statistic, self.style_projections = style_statistic, style_projections
         term_weights = [("content_weight", content_weight), ("style_weight", style_weight),
                         ("tv_weight", tv_weight), ("photoreal_weight", photoreal_weight),
-                        ("color_weight", color_weight), ("color_distribution_weight", color_distribution_weight)]
+                        ("color_weight", color_weight), ("color_distribution_weight", color_distribution_weight),
+                        ("correspondence_color_weight", correspondence_color_weight)]
         for name, value in term_weights:
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
@@ -131,9 +147,16 @@ class ContentStyleLoss(nn.Module):
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.photoreal_weight, self.color_weight = photoreal_weight, color_weight
         self.color_distribution_weight = color_distribution_weight
+        self.correspondence_color_weight, self.correspondence_layer = correspondence_color_weight, correspondence_layer
         self.register_buffer("style_mean_color", None, persistent=False)
         self.register_buffer("style_lab_samples", None, persistent=False)
-        self.encoder = VGGFeatures([content_layer, *self.style_layers], arch=arch, weights=weights)
+        self.register_buffer("style_cell_features", None, persistent=False)
+        self.register_buffer("style_cell_lab", None, persistent=False)
+        self.style_color_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+        layers = [content_layer, *self.style_layers]
+        if correspondence_color_weight > 0:
+            layers.append(correspondence_layer)
+        self.encoder = VGGFeatures(list(dict.fromkeys(layers)), arch=arch, weights=weights)
         for name in self.style_layers:
             self.register_buffer(_target_name(name), None, persistent=False)
             self.register_buffer(_target_name(name) + "_std", None, persistent=False)
@@ -157,6 +180,11 @@ class ContentStyleLoss(nn.Module):
                 setattr(self, _target_name(name), target_samples(feats[name]))
         self.style_mean_color = style.mean(dim=(2, 3))  # (1, 3)
         self.style_lab_samples = target_samples(_lab(style))
+        if self.correspondence_color_weight > 0:
+            cells = feats[self.correspondence_layer]
+            self.style_cell_features = _cell_features(cells)
+            self.style_cell_lab = _lab(F.adaptive_avg_pool2d(style, cells.shape[-2:]))  # (1, 3, M)
+            self.style_color_statistics = color_statistics(style)
 
     def style_targets(self) -> dict[str, torch.Tensor]:
         targets = {name: getattr(self, _target_name(name)) for name in self.style_layers}
@@ -189,8 +217,8 @@ class ContentStyleLoss(nn.Module):
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         out_feats = self.encoder(output)
         with torch.no_grad():
-            content_target = self.encoder(content)[self.content_layer]
-            content_target = content_target.float()
+            content_feats = self.encoder(content)
+            content_target = content_feats[self.content_layer].float()
         content_loss = F.mse_loss(out_feats[self.content_layer].float(), content_target)
         if self.normalize:
             content_loss = content_loss / content_target.pow(2).mean().clamp_min(1e-12)
@@ -216,7 +244,62 @@ class ContentStyleLoss(nn.Module):
             distance = sliced_wasserstein(_lab(output.float()), target, directions).mean()
             terms["color_distribution_loss"] = distance / target.var(dim=1).mean().clamp_min(1e-6)
             loss = loss + self.color_distribution_weight * terms["color_distribution_loss"]
+        if self.correspondence_color_weight > 0:
+            cells = content_feats[self.correspondence_layer]
+            with torch.no_grad():  # the targets come from the photo, not the output: they cannot drift
+                target = correspondence_targets(cells, self.style_cell_features, self.style_cell_lab)
+                target = _graded_targets(target, content.float(), cells.shape[-2:], self.style_color_statistics)
+            cell_lab = _lab(F.adaptive_avg_pool2d(output.float(), cells.shape[-2:]))  # (N, 3, P)
+            scale = self.style_lab_samples.var(dim=1).mean().clamp_min(1e-6)
+            terms["correspondence_color_loss"] = (cell_lab - target).pow(2).mean() / scale
+            loss = loss + self.correspondence_color_weight * terms["correspondence_color_loss"]
         return {"loss": loss, **terms}
+
+
+def _graded_targets(targets: torch.Tensor, photos: torch.Tensor, grid: tuple[int, int],
+                    style_statistics: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Correspondence targets (N, 3, P) (CIELAB / 100 on a ``grid`` of cells) moved onto the style's colour
+    statistics: each photo's own detail under its targets' colours is mapped onto the style's RGB mean and
+    covariance (``color_transfer_map``) and the targets take the same map. Matched cells carry the style's
+    regional colours but not its overall balance (averages of several cells are greyer, and a photo's
+    regions come in other proportions than the style's); on the five segmented pairs the graded targets
+    measured 13.2 against 16.6 ungraded and 14.1 for a global colour transfer (docs/recipes.md)."""
+    n = photos.shape[0]
+    cells = lab_to_rgb(targets.reshape(n, 3, *grid) * 100.0).clamp(0, 1)
+    size = photos.shape[-2:]
+    lows = F.interpolate(F.adaptive_avg_pool2d(photos, grid), size=size, mode="bilinear", align_corners=False)
+    graded = torch.empty_like(cells)
+    for i in range(n):
+        detailed = (photos[i] - lows[i] + F.interpolate(cells[i:i + 1], size=size, mode="bilinear",
+                                                         align_corners=False)[0]).clamp(0, 1)
+        a, b = color_transfer_map(color_statistics(detailed), style_statistics)
+        graded[i] = (torch.einsum("ij,jhw->ihw", a.to(cells), cells[i]) + b.to(cells)[:, None, None]).clamp(0, 1)
+    return _lab(graded)
+
+
+def _cell_features(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) features → (N, C, H·W) per-image centred, unit-length feature vectors (one per cell):
+    centring takes out what all of an image's cells share (its overall exposure and cast), so cells
+    are matched by what they are, not by how the whole picture is lit."""
+    flat = flatten_features(features.float())
+    return F.normalize(flat - flat.mean(dim=2, keepdim=True), dim=1)
+
+
+def correspondence_targets(features: torch.Tensor, style_cells: torch.Tensor, style_cell_lab: torch.Tensor,
+                           temperature: float = CORRESPONDENCE_TEMPERATURE) -> torch.Tensor:
+    """The style's colour for every cell of a photo, by feature correspondence.
+
+    Args:
+        features: (N, C, H, W) loss-network features of the photos.
+        style_cells: (1, C, M) the style image's ``_cell_features``.
+        style_cell_lab: (1, 3, M) the style image's mean CIELAB / 100 per cell.
+    Returns:
+        (N, 3, H·W): per photo cell, the mean of the style cells' colours weighted by
+        ``softmax(cosine similarity / temperature)`` (soft nearest neighbours).
+    """
+    similarity = torch.einsum("ncp,cm->npm", _cell_features(features), style_cells[0])
+    weights = torch.softmax(similarity / temperature, dim=-1)
+    return torch.einsum("npm,cm->ncp", weights, style_cell_lab[0])
 
 
 def _lab(image: torch.Tensor) -> torch.Tensor:

@@ -113,13 +113,20 @@ class GlobalColorTransfer(nn.Module):
         return y.to(x.dtype)
 
 
+def whole_image_moments(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colour moments the branch computes live (RGB mean (1, 3), population covariance (1, 3, 3),
+    float32) of a whole (1, 3, H, W) image, accumulated in float64 chunks (no full-size copy): what
+    every tile of that image must use (both exact tilers)."""
+    mean, cov = color_statistics(image)
+    n = image.shape[-2] * image.shape[-1]
+    return mean.float()[None], (cov * ((n - 1) / n)).float()[None]
+
+
 def freeze_color_statistics(model: nn.Module, image: torch.Tensor) -> None:
     """Set every colour branch of ``model`` to "frozen" with the colour moments of the whole
     (1, 3, H, W) ``image`` (accumulated in float64 chunks: no full-size copy), so that each tile of
     it gets the whole photo's colour transfer. ``set_norm_mode(model, "live")`` undoes it."""
-    mean, cov = color_statistics(image)
-    n = image.shape[-2] * image.shape[-1]
-    moments = (mean.float()[None], (cov * ((n - 1) / n)).float()[None])  # population covariance, as live
+    moments = whole_image_moments(image)
     for module in model.modules():
         if isinstance(module, GlobalColorTransfer):
             device = module.target_mean.device
