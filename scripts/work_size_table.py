@@ -7,8 +7,8 @@ For each shipped photo style (``checkpoints/{winter,porcelain,faded,overcast,viv
 resolution (0 = ``work_size=null``, the network at full resolution): the regional colour distance on the style's
 segmented pair (photo ``fps_inN`` of ``--segmented``, at its own size), and on every photo of ``--photos`` (at most
 ``--max-size`` px long, 2048 by default, so that the full-resolution rows take minutes on a CPU, not hours) the
-edge-SSIM and photorealism of the default output against the photo, measured at a 1024 px long side (the look at
-viewing size). ``--crops`` draws 1:1 crops of the largest photo through ``winter.pt`` for the fine detail.
+edge-SSIM and photorealism of the default output against the photo and its Gram distance to the style image,
+measured at a 1024 px long side (the look at viewing size). ``--crops`` draws 1:1 crops of the largest photo through ``winter.pt`` for the fine detail.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
     rows = {}
     for size in args.sizes:
         work = size or None
-        regional, edge, real = [], [], []
+        regional, edge, real, gram = [], [], [], []
         for name, pair in STYLES.items():
             stylizer = Stylizer(ROOT / "checkpoints" / f"{name}.pt", work_size=work)
             style = load_image(args.styles / f"fps_in{pair}.png", 512)[None]
@@ -63,13 +63,14 @@ def main() -> None:
                 scores = metrics(downscale(out, small), downscale(photo, small))
                 edge.append(scores["edge_ssim"].item())
                 real.append(scores["photorealism"].item())
-        rows[size] = (sum(regional) / len(regional), sum(edge) / len(edge), sum(real) / len(real))
+                gram.append(scores["gram"].item())
+        rows[size] = tuple(sum(v) / len(v) for v in (regional, edge, real, gram))
         label = size or "full"
         print(f"work_size {label}: regional {rows[size][0]:.1f}  edge-SSIM {rows[size][1]:.3f}  "
-              f"photorealism {rows[size][2]:.4f}", flush=True)
-    print("\n| `work_size` | regional colour ↓ (five pairs) | edge-SSIM ↑ | photorealism ↓ |\n|---|---:|---:|---:|")
-    for size, (regional, edge, real) in rows.items():
-        print(f"| {size or 'null (full)'} | {regional:.1f} | {edge:.3f} | {real:.4f} |")
+              f"photorealism {rows[size][2]:.4f}  Gram {rows[size][3]:.3f}", flush=True)
+    print("\n| `work_size` | regional colour ↓ (five pairs) | edge-SSIM ↑ | photorealism ↓ | Gram ↓ |\n|---|---:|---:|---:|---:|")
+    for size, (regional, edge, real, gram) in rows.items():
+        print(f"| {size or 'null (full)'} | {regional:.1f} | {edge:.3f} | {real:.4f} | {gram:.3f} |")
     if args.crops:
         draw_crops(max(photos, key=lambda p: Image.open(p).width * Image.open(p).height), args.sizes, args.crops,
                    args.max_size)
