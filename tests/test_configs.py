@@ -55,9 +55,11 @@ def test_default_recipe_and_the_papers():
     assert paper.model.output == "image" and not paper.model.color_branch
     assert paper.optimizer.lr == 5e-3 and paper.scheduler.step_size == 200 and paper.scheduler.gamma == 0.9
     assert paper.loss.style_statistic == "gram" and paper.loss.color_distribution_weight == 0
+    assert paper.loss.palette_weight == 0
     assert list(paper.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
-    # Photo styles: feature distributions and the CIELAB colour term (docs/recipes.md).
+    # Photo styles: feature distributions, the CIELAB colour term and the palette term (docs/recipes.md).
     assert cfg.loss.style_statistic == "sliced_wasserstein" and cfg.loss.color_distribution_weight == 10
+    assert cfg.loss.palette_weight == 100
     quick = compose_train(["experiment=cpu_quick", "style=custom", "style.image=x.jpg"])
     assert quick.model.output == "residual" and quick.trainer.max_steps == 600
     assert quick.loss.style_weight == 10 and quick.loss.photoreal_weight == 10
@@ -66,6 +68,7 @@ def test_default_recipe_and_the_papers():
         painterly = compose_train([f"style={painting}", "experiment=cpu_quick"])
         assert painterly.model.output == "image" and not painterly.model.color_branch and painterly.optimizer.lr == 5e-3
         assert painterly.loss.photoreal_weight == 0 and painterly.style.guided_radius == 0
+        assert painterly.loss.palette_weight == 0
         assert painterly.style.color_match == 0
         assert list(painterly.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
         assert painterly.loss.style_statistic == "gram" and painterly.loss.color_distribution_weight == 0

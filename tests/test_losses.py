@@ -314,3 +314,54 @@ def test_correspondence_colour_term_rewards_the_regional_change_over_a_global_on
     off = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16")
     off.set_style(regional)
     assert "correspondence_color_loss" not in off(photo, photo, seed=0)
+
+
+def _two_colour(top: list[float], bottom: list[float], top_rows: int, seed: int) -> torch.Tensor:
+    """A 64 px image of two flat colours (with a little noise), ``top`` on the first ``top_rows`` rows."""
+    image = torch.empty(1, 3, 64, 64)
+    image[..., :top_rows, :] = torch.tensor(top).view(1, 3, 1, 1)
+    image[..., top_rows:, :] = torch.tensor(bottom).view(1, 3, 1, 1)
+    return (image + 0.01 * torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+
+
+def test_palette_targets_give_each_region_a_style_colour_whatever_the_proportions():
+    """A red-and-blue style in equal parts, a photo of orange sky over three times as much cyan sea: the global
+    transfer (one linear map onto the style's mean and covariance) cannot give both regions a style colour when
+    the proportions differ; the palette targets give each region the style colour nearest to its transfer."""
+    from hrstyle.image.color import color_statistics, match_color
+    from hrstyle.losses.distributions import target_samples
+    from hrstyle.losses.perceptual import _lab, palette_targets
+
+    style = _two_colour([0.8, 0.3, 0.2], [0.2, 0.3, 0.7], 32, seed=0)
+    photo = _two_colour([0.9, 0.6, 0.3], [0.3, 0.7, 0.7], 16, seed=1)
+    targets = palette_targets(photo, color_statistics(style), target_samples(_lab(style)[..., None]))
+    assert targets.shape == (1, 3, 16 * 16)  # 4 px cells
+    cells = targets.reshape(1, 3, 16, 16)
+    red, blue = _lab(style[..., :32, :]).mean(-1), _lab(style[..., 32:, :]).mean(-1)
+    transfer = match_color(photo, color_statistics(style), 1.0).clamp(0, 1)
+    for rows, colour in ((slice(0, 4), red), (slice(4, 16), blue)):  # CIELAB / 100: 0.02 = 2 units
+        assert (cells[..., rows, :].mean(dim=(2, 3)) - colour).norm() < 0.02
+    assert (_lab(transfer[..., :16, :]).mean(-1) - red).norm() > 0.2  # the transfer's sky: 30 units off
+
+
+@needs_shared
+def test_palette_term_is_low_at_its_targets_and_prefers_them_to_the_global_transfer():
+    """The photo's two regions in the style's two colours score near 0; the global transfer (which gives the
+    smaller region a colour the style does not have) far more, the photo itself most; weight 0 is off."""
+    from hrstyle.image.color import color_statistics, match_color
+
+    style = _two_colour([0.8, 0.3, 0.2], [0.2, 0.3, 0.7], 32, seed=0)
+    photo = _two_colour([0.9, 0.6, 0.3], [0.3, 0.7, 0.7], 16, seed=1)
+    loss = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16", palette_weight=1.0)
+    loss.set_style(style)
+    palette = photo.clone()  # the photo's regions in the style's colours, with the photo's noise
+    for region, style_region in ((slice(0, 16), slice(0, 32)), (slice(16, 64), slice(32, 64))):
+        pixels = photo[..., region, :]
+        palette[..., region, :] = pixels - pixels.mean(dim=(2, 3), keepdim=True) + style[..., style_region, :].mean(dim=(2, 3), keepdim=True)
+    transfer = match_color(photo, color_statistics(style), 1.0).clamp(0, 1)
+    scores = {name: loss(x, photo, seed=0)["palette_loss"].item()
+              for name, x in (("palette", palette.clamp(0, 1)), ("transfer", transfer), ("photo", photo))}
+    assert scores["palette"] < 0.05 * scores["transfer"] < scores["photo"]
+    off = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16")
+    off.set_style(style)
+    assert "palette_loss" not in off(photo, photo, seed=0)
