@@ -10,7 +10,7 @@ from kornia.color import lab_to_rgb, rgb_to_lab
 from torch import nn
 
 from hrstyle.errors import UserError
-from hrstyle.image.color import color_statistics, color_transfer_map
+from hrstyle.image.color import color_statistics, color_transfer_map, match_color
 from hrstyle.losses.distributions import (
     flatten_features,
     mean_std,
@@ -286,7 +286,7 @@ def palette_targets(photos: torch.Tensor, style_statistics: tuple[torch.Tensor, 
     """The colour of every ``cell`` px cell of the photos in the style's palette.
 
     Each photo is moved onto the style's RGB mean and covariance (its global colour transfer,
-    ``color_transfer_map``); each cell's mean CIELAB colour is then replaced by the mean of the
+    ``match_color``); each cell's mean CIELAB colour is then replaced by the mean of the
     style's colours weighted by ``softmax(-distance / temperature)`` (soft nearest neighbours in
     colour). Put in place of the cell colours of the five segmented pairs' photos, these targets
     measure 12.5 on the regional colour distance against the global transfer's 14.1 (docs/recipes.md).
@@ -298,11 +298,8 @@ def palette_targets(photos: torch.Tensor, style_statistics: tuple[torch.Tensor, 
     Returns:
         (N, 3, P) CIELAB / 100 of the ``ceil(H / cell) · ceil(W / cell)`` cells, row-major.
     """
-    transferred = torch.empty_like(photos)
-    for i in range(photos.shape[0]):
-        a, b = color_transfer_map(color_statistics(photos[i:i + 1]), style_statistics)
-        transferred[i] = torch.einsum("ij,jhw->ihw", a.to(photos), photos[i]) + b.to(photos)[:, None, None]
-    cells = _lab(F.avg_pool2d(transferred.clamp(0, 1), cell, ceil_mode=True))  # (N, 3, P)
+    transferred = torch.cat([match_color(photo, style_statistics) for photo in photos.split(1)])
+    cells = _lab(F.avg_pool2d(transferred, cell, ceil_mode=True))  # (N, 3, P)
     distance = torch.cdist(cells.transpose(1, 2), style_lab.T[None].to(cells))  # (N, P, Q)
     weights = torch.softmax(-distance / temperature, dim=-1)
     return torch.einsum("npq,cq->ncp", weights, style_lab.to(cells))
