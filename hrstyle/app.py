@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from hrstyle.checkpoint import PROJECT_ROOT, load_generator
 from hrstyle.errors import UserError
+from hrstyle.image.color import BANDS
 from hrstyle.image.guided import DEFAULT_RADIUS
 from hrstyle.image.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, open_rgb, resize_long_side
 from hrstyle.inference.files import Job, plan_jobs, stylize_files
@@ -53,6 +54,7 @@ class Style:
     checkpoint: Path
     guided_radius: int = 0
     color_match: float = 0.0
+    color_bands: int = 1  # the recommended colour match per horizontal band (8: graduated)
     has_color: bool = False  # the checkpoint stores its style's colour statistics (colour match works anywhere)
     style_image: Path | None = None  # the style image, when that file is here
     mean_color: tuple[int, int, int] = (128, 128, 128)
@@ -68,22 +70,25 @@ class Controls:
 
     strength: float = 1.0
     color_match: float | None = None  # None: the style's recommendation
+    graduated: bool | None = None  # the colour match per horizontal band; None: the style's recommendation
     photorealism: bool | None = None  # the guided filter; None: the style's recommendation
     preserve_color: bool = False
     work_size: int | None = DEFAULT_WORK_SIZE
 
     def look(self, style: Style) -> Look:
         photoreal = style.photo_style if self.photorealism is None else self.photorealism
+        graduated = style.color_bands > 1 if self.graduated is None else self.graduated
         return Look(work_size=self.work_size, strength=float(self.strength), preserve_color=bool(self.preserve_color),
                     guided_radius=(style.guided_radius or DEFAULT_RADIUS) if photoreal else 0,
-                    color_match=style.color_match if self.color_match is None else float(self.color_match))
+                    color_match=style.color_match if self.color_match is None else float(self.color_match),
+                    color_bands=(style.color_bands if style.color_bands > 1 else BANDS) if graduated else 1)
 
     def overrides(self, style: Style) -> list[str]:
         """The ``scripts/infer.py`` settings that give the same result."""
         look = self.look(style)
         work = "null" if look.work_size is None else look.work_size
         return [f"checkpoint={style.checkpoint}", f"strength={look.strength:g}", f"color_match={look.color_match:g}",
-                f"guided_radius={look.guided_radius}", f"preserve_color={str(look.preserve_color).lower()}",
+                f"color_bands={look.color_bands}", f"guided_radius={look.guided_radius}", f"preserve_color={str(look.preserve_color).lower()}",
                 f"work_size={work}"]
 
 
@@ -187,7 +192,8 @@ def find_styles(checkpoints: str | os.PathLike | None = None, log: Callable[[str
         mean = tuple(int(round(255 * min(max(v, 0.0), 1.0))) for v in stats["mean"]) if stats else (128, 128, 128)
         styles.append(Style(name=str(meta.get("style_name") or path.stem), checkpoint=path,
                             guided_radius=int(meta.get("guided_radius") or 0),
-                            color_match=float(meta.get("color_match") or 0.0), has_color=bool(stats),
+                            color_match=float(meta.get("color_match") or 0.0),
+                            color_bands=int(meta.get("color_bands") or 1), has_color=bool(stats),
                             style_image=_find_style_image(meta.get("style_image")), mean_color=mean))
     names = [s.name for s in styles]  # two checkpoints of one style (training runs): told apart by their file
     styles = [s if names.count(s.name) == 1 else Style(**{**s.__dict__, "name": f"{s.name} ({_short(s.checkpoint)})"})
@@ -282,7 +288,8 @@ python scripts/app.py checkpoints=outputs/train/mine
 format (PNG for TIFF). A file that cannot be read is reported below the result and the others go on.
 
 **Controls.** *Strength*: 0 = the photo, 1 = full style. *Colour match*: how far the colours move to the style
-image's palette. *Photorealism*: the result is rewritten as smooth local colour changes of your photo (no
+image's palette. *Graduated*: the colours move band by band down the picture (sky to sky, ground to ground);
+switch it off for a photo laid out unlike the style (a portrait under a landscape style). *Photorealism*: the result is rewritten as smooth local colour changes of your photo (no
 painted texture, every edge kept). *Preserve colour*: keep your colours, take only the style's light and
 contrast. *Working resolution*: the size the network sees; larger catches finer structure and is slower.
 
@@ -305,17 +312,17 @@ def build_app(styles: list[Style], workspace: Workspace, stylizers: StylizerCach
         style = styles[index]
         return (index, f"**Style:** {style.name} ({'photo' if style.photo_style else 'painterly'} style)",
                 gr.update(value=style.color_match, interactive=style.has_color or style.style_image is not None),
-                gr.update(value=style.photo_style))
+                gr.update(value=style.color_bands > 1), gr.update(value=style.photo_style))
 
     def on_style(evt: gr.SelectData):
         return style_controls(evt.index)
 
-    def run(files, index, strength, color_match, photoreal, keep_color, work_label,
+    def run(files, index, strength, color_match, graduated, photoreal, keep_color, work_label,
             progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
         if not files:
             return None, gr.update(value=[], visible=False), "Drop one or more photos to start.", None, []
         style = styles[int(index)]
-        controls = Controls(strength=strength, color_match=color_match, photorealism=photoreal,
+        controls = Controls(strength=strength, color_match=color_match, graduated=graduated, photorealism=photoreal,
                             preserve_color=keep_color, work_size=WORK_SIZES[work_label])
         paths = [Path(f if isinstance(f, str) else f.name) for f in files]
         try:
@@ -326,7 +333,8 @@ def build_app(styles: list[Style], workspace: Workspace, stylizers: StylizerCach
             return None, gr.update(value=[], visible=False), f"`error: {exc}`", None, []
         look = controls.look(style)
         lines = [f"**Done:** {len(outcome.results)} of {len(paths)} photo(s) with **{style.name}** "
-                 f"(strength {look.strength:g}, colour match {look.color_match:g}, "
+                 f"(strength {look.strength:g}, colour match {look.color_match:g}"
+                 f"{' graduated' if look.color_bands > 1 else ''}, "
                  f"photorealism {'on' if look.guided_radius else 'off'}, preserve colour "
                  f"{'on' if look.preserve_color else 'off'}, working resolution {work_label}) "
                  f"in {outcome.seconds:.1f} s."]
@@ -357,6 +365,9 @@ def build_app(styles: list[Style], workspace: Workspace, stylizers: StylizerCach
                 strength = gr.Slider(0, 1, 1.0, step=0.05, label="Strength", elem_id="strength")
                 color = gr.Slider(0, 1, first.color_match, step=0.05, label="Colour match", elem_id="color-match",
                                   interactive=first.has_color or first.style_image is not None)
+                graduated = gr.Checkbox(first.color_bands > 1, label="Graduated colour match (the photo's top takes the "
+                                        "style's top colours, its bottom the bottom's; off: one global map)",
+                                        elem_id="graduated")
                 photoreal = gr.Checkbox(first.photo_style, label="Photorealism (guided filter)", elem_id="photoreal")
                 keep_color = gr.Checkbox(False, label="Preserve colour", elem_id="preserve-color")
                 work = gr.Dropdown(list(WORK_SIZES), value=next(iter(WORK_SIZES)), label="Working resolution",
@@ -371,12 +382,12 @@ def build_app(styles: list[Style], workspace: Workspace, stylizers: StylizerCach
         with gr.Accordion("Help", open=False):
             gr.Markdown(HELP)
 
-        inputs = [photos, style_index, strength, color, photoreal, keep_color, work]
+        inputs = [photos, style_index, strength, color, graduated, photoreal, keep_color, work]
         outputs = [compare, results, status, download, pairs]
         options = dict(fn=run, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="stylize",
                        trigger_mode="always_last", show_progress="full")
-        gallery.select(on_style, None, [style_index, style_label, color, photoreal]).then(**options)
-        gr.on([photos.upload, strength.release, color.release, photoreal.input, keep_color.input, work.input,
+        gallery.select(on_style, None, [style_index, style_label, color, graduated, photoreal]).then(**options)
+        gr.on([photos.upload, strength.release, color.release, graduated.input, photoreal.input, keep_color.input, work.input,
                button.click], **options)
         results.select(on_result, pairs, compare)
     return demo

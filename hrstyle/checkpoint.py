@@ -67,31 +67,45 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
 
 
 def style_color_entry(style: torch.Tensor) -> dict[str, Any]:
-    """The checkpoint entry ``style_color`` for a (1, 3, H, W) style image in [0, 1]."""
-    from hrstyle.image.color import color_statistics
+    """The checkpoint entry ``style_color`` for a (1, 3, H, W) style image in [0, 1]: its RGB mean and
+    covariance (the global colour match) and the same per horizontal band (the graduated match)."""
+    from hrstyle.image.color import BAND_WIDTH, BANDS, banded_color_statistics, color_statistics
 
     mean, cov = color_statistics(style)
-    return {"mean": mean.tolist(), "cov": cov.tolist()}
+    band_mean, band_cov = banded_color_statistics(style, BANDS, BAND_WIDTH)
+    return {"mean": mean.tolist(), "cov": cov.tolist(),
+            "bands": {"width": BAND_WIDTH, "mean": band_mean.tolist(), "cov": band_cov.tolist()}}
 
 
-def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """The style image's colour statistics (mean (3,), cov (3, 3), float64) for ``color_match``.
+def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike = "",
+                           bands: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The style image's colour statistics for ``color_match``: with ``bands`` 1 its RGB mean (3,) and
+    covariance (3, 3), else per horizontal band (K, 3) and (K, 3, 3) (float64).
 
-    Stored in checkpoints as ``style_color``; for checkpoints written before that, taken from
-    their style image when the file still exists. Raises ``UserError`` otherwise.
+    Stored in checkpoints as ``style_color`` (the bands of ``hrstyle.image.color.BANDS``); for
+    checkpoints written before that, or for another band count, taken from their style image when the
+    file still exists. Raises ``UserError`` otherwise.
     """
+    from hrstyle.image.color import BAND_WIDTH
+
     stats = meta.get("style_color")
-    if stats:
+    stored = (stats or {}).get("bands")
+    if stats and bands == 1:
         return (torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(stats["cov"], dtype=torch.float64))
+    if stored and len(stored["mean"]) == bands and stored.get("width") == BAND_WIDTH:
+        return (torch.tensor(stored["mean"], dtype=torch.float64), torch.tensor(stored["cov"], dtype=torch.float64))
     image = meta.get("style_image")
     if image and user_path(image).is_file():
+        from hrstyle.image.color import banded_color_statistics, color_statistics
         from hrstyle.image.io import load_image
 
-        return style_color_statistics({"style_color": style_color_entry(
-            load_image(user_path(image), max_size=STYLE_COLOR_SIZE))})
+        style = load_image(user_path(image), max_size=STYLE_COLOR_SIZE)
+        return color_statistics(style) if bands == 1 else banded_color_statistics(style, bands)
+    what = "colour statistics" if bands == 1 else f"colour statistics in {bands} bands"
     raise UserError(
-        f"{checkpoint or 'this checkpoint'} stores no colour statistics of its style and its style image "
-        f"({image}) is not here: use color_match=0, or retrain it with this version"
+        f"{checkpoint or 'this checkpoint'} stores no {what} of its style and its style image "
+        f"({image}) is not here: use color_match=0{'' if bands == 1 else ' or color_bands=1'}, "
+        "or retrain it with this version"
     )
 
 

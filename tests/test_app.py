@@ -44,7 +44,7 @@ def styles():
 def test_the_gallery_has_the_shipped_styles_and_thumbnails_without_their_images(styles, tmp_path):
     assert {"winter", "porcelain", "faded", "overcast", "vivid", "starry"} <= set(styles)
     assert list(styles)[-1] == "starry"  # photo styles first
-    assert styles["winter"].photo_style and styles["winter"].color_match == 0.0 and styles["winter"].has_color
+    assert styles["winter"].photo_style and styles["winter"].color_match == 1.0 and styles["winter"].has_color
     assert not styles["starry"].photo_style
     missing = type(styles["winter"])(**{**styles["winter"].__dict__, "style_image": None})
     tile = thumbnail(missing, 64)  # the style image is not here: a tile in the style's mean colour
@@ -59,6 +59,9 @@ def test_app_result_equals_the_cli(styles, workspace, tmp_path):
     controls = Controls(strength=0.6, color_match=0.5, photorealism=True, preserve_color=False, work_size=64)
     look = controls.look(styles["winter"])
     assert (look.guided_radius, look.color_match, look.strength, look.work_size) == (8, 0.5, 0.6, 64)
+    assert look.color_bands == styles["winter"].color_bands == 8  # the style's graduated match
+    assert Controls(graduated=False).look(styles["winter"]).color_bands == 1
+    assert Controls(graduated=True).look(styles["starry"]).color_bands == 8
     stylizers = StylizerCache(Runtime(backend="eager"))
     outcome = stylize_photos([photo], styles["winter"], controls, workspace, stylizers)
     assert not outcome.messages and outcome.download == outcome.results[0][1]

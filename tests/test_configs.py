@@ -69,12 +69,13 @@ def test_default_recipe_and_the_papers():
         assert painterly.model.output == "image" and not painterly.model.color_branch and painterly.optimizer.lr == 5e-3
         assert painterly.loss.photoreal_weight == 0 and painterly.style.guided_radius == 0
         assert painterly.loss.palette_weight == 0
-        assert painterly.style.color_match == 0
+        assert painterly.style.color_match == 0 and painterly.style.get("color_bands", 1) == 1
         assert list(painterly.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
         assert painterly.loss.style_statistic == "gram" and painterly.loss.color_distribution_weight == 0
     assert compose_train(["style=starry"]).loss.style_weight == 3
     assert compose_train(["style=custom", "style.image=x.jpg"]).style.guided_radius == 8
-    assert compose_train(["style=custom", "style.image=x.jpg"]).style.color_match == 0.0  # the colour branch does it
+    custom = compose_train(["style=custom", "style.image=x.jpg"]).style
+    assert (custom.color_match, custom.color_bands) == ("auto", "auto")  # from the style image's layout
     assert cfg.loss.arch == "vgg19" and cfg.loss.weights == "imagenet"
     loss = dict(zip(cfg.loss.style_layers, cfg.loss.style_layer_weights))
     # The paper's layer weights on the post-ReLU layers (docs/recipes.md, "Style layers after the ReLU").

@@ -210,6 +210,20 @@ def test_color_suffix_matches_the_pair_style_colours(tmp_path: Path) -> None:
         build_methods(["identity+color"], replace(options, color=ColorOptions(strength=2)), torch.device("cpu"))
 
 
+def test_graded_suffix_is_the_graduated_transfer_onto_the_pair_style(tmp_path: Path) -> None:
+    from hrstyle.image.color import banded_color_statistics, match_color_banded
+
+    options = settings(tmp_path).method_options
+    (graded,), (half,) = (build_methods([m], options, torch.device("cpu")) for m in ("identity+graded@1", "identity+graded"))
+    assert graded.name == "identity+graded@1" and half.name == "identity+graded"
+    torch.manual_seed(0)
+    photo, style = torch.rand(1, 3, 24, 30) * 0.5 + 0.25, torch.rand(1, 3, 16, 16) * 0.3
+    assert torch.equal(graded.fn(photo, style), match_color_banded(photo, banded_color_statistics(style)))
+    assert torch.allclose(half.fn(photo, style), match_color_banded(photo, banded_color_statistics(style), 0.5))
+    with pytest.raises(UserError, match="graded@S"):
+        build_methods(["identity+graded@x"], options, torch.device("cpu"))
+
+
 def test_unknown_method_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown method 'bogus'.*identity, gatys, paper"):
         build_methods(["identity", "bogus"], MethodOptions(), torch.device("cpu"))

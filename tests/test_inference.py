@@ -290,6 +290,93 @@ def test_match_color_moves_the_colour_distribution_and_nothing_else():
         match_color(photo, target, strength=1.5)
 
 
+def test_graduated_transfer_gives_each_band_the_style_band_colours():
+    from hrstyle.image.color import (
+        band_weights,
+        banded_color_statistics,
+        color_statistics,
+        match_color,
+        match_color_banded,
+    )
+
+    weights = band_weights(50, 4, 0.1)
+    assert weights.shape == (50, 4) and torch.allclose(weights.sum(1), torch.ones(50, dtype=torch.float64))
+    assert weights[0].argmax() == 0 and weights[-1].argmax() == 3  # top rows in the first band
+    assert torch.equal(band_weights(50, 1), torch.ones(50, 1, dtype=torch.float64))
+    torch.manual_seed(0)
+    # A photo whose sky (top) is darker than its ground (bottom); the style has a dark sky over white snow:
+    # the global transfer keeps the photo's order, the graduated one gives each half its counterpart's colour.
+    photo = torch.cat([torch.rand(1, 3, 32, 48) * 0.1 + torch.tensor([0.2, 0.3, 0.6]).view(1, 3, 1, 1),
+                       torch.rand(1, 3, 32, 48) * 0.1 + torch.tensor([0.3, 0.6, 0.2]).view(1, 3, 1, 1)], dim=2)
+    style = torch.cat([torch.rand(1, 3, 20, 30) * 0.1 + 0.3, torch.rand(1, 3, 20, 30) * 0.05 + 0.9], dim=2)
+    graded = match_color_banded(photo, banded_color_statistics(style, 4, 0.1), width=0.1)
+    glob = match_color(photo, color_statistics(style))
+    ground_target = style[..., 20:, :].mean(dim=(0, 2, 3))
+    error = {name: (out[..., 40:, :].mean(dim=(0, 2, 3)) - ground_target).abs().max().item()
+             for name, out in (("graded", graded), ("global", glob))}
+    assert error["graded"] < 0.05 < error["global"]
+    # one band is the global transfer; statistics equal a direct weighted computation
+    stats = banded_color_statistics(photo, 1)
+    assert torch.allclose(match_color_banded(photo, stats, bands=1), match_color(photo, color_statistics(photo)), atol=1e-6)
+    assert torch.allclose(stats[1][0], color_statistics(photo)[1], atol=1e-10)
+    means, covs = banded_color_statistics(photo, 4, 0.1)
+    w = band_weights(64, 4, 0.1)[:, 2, None].expand(64, 48).reshape(-1)
+    pixels = photo.reshape(3, -1).double()
+    direct = (pixels * w).sum(1) / w.sum()
+    assert torch.allclose(means[2], direct, atol=1e-10)
+    assert torch.equal(match_color_banded(photo, (means, covs), strength=0.0), photo.clamp(0, 1))
+    with pytest.raises(ValueError, match="band statistics"):
+        match_color_banded(photo, (means, covs), bands=3)
+
+
+def test_styles_with_a_layout_get_the_graduated_match():
+    from hrstyle.image.color import BANDS, layout_share, layout_weight, recommended_color_match
+
+    torch.manual_seed(0)
+    landscape = torch.cat([torch.rand(1, 3, 30, 40) * 0.1 + torch.tensor([0.5, 0.7, 0.9]).view(1, 3, 1, 1),
+                           torch.rand(1, 3, 30, 40) * 0.1 + torch.tensor([0.2, 0.5, 0.1]).view(1, 3, 1, 1)], dim=2)
+    close_up = landscape.transpose(-1, -2)  # the same colours side by side: no row explains them
+    assert layout_share(landscape) > 0.9 and layout_share(close_up) < 0.1
+    assert layout_share(torch.full((3, 8, 8), 0.5)) == 0.0  # a flat image: no variance, no layout
+    assert recommended_color_match(landscape) == (1.0, BANDS)
+    assert recommended_color_match(close_up) == (0.0, 1)
+    # A photo's share of the graduated match: full for a landscape, none for a close-up, at any size.
+    assert layout_weight(landscape) == 1.0 and layout_weight(close_up) == 0.0
+    big = torch.nn.functional.interpolate(landscape, size=(600, 800), mode="nearest")
+    assert layout_weight(big) == 1.0
+
+
+def test_graduated_color_match_follows_the_checkpoint(checkpoint, tmp_path):
+    from hrstyle.checkpoint import style_color_entry
+    from hrstyle.inference import load_generator
+
+    model, meta = load_generator(checkpoint)
+    style = torch.cat([torch.rand(1, 3, 20, 30) * 0.1 + 0.2, torch.rand(1, 3, 20, 30) * 0.05 + 0.9], dim=2)  # dark over white
+    graded = save_generator(tmp_path / "graded.pt", model, {**meta, "color_match": 1.0, "color_bands": 8,
+                                                             "style_color": style_color_entry(style)})
+    x = torch.rand(1, 3, 48, 40)
+    settings = {"device": "cpu", "tile_size": 0, "backend": "eager"}
+    stylizer = Stylizer(graded, **settings)
+    assert stylizer.color_bands == 8 and stylizer.style_color[0].shape == (8, 3)
+    bottom = {bands: (Stylizer(graded, color_bands=bands, layout_guard=False, **settings)(x)[..., 36:, :].mean()
+                      - 0.925).abs().item() for bands in (8, 1)}
+    assert bottom[8] < 0.05 < bottom[1]  # the graduated match gives the bottom the style's white; one global map cannot
+    # The noise photo has no layout of its own: with the guard (the default) the graduated match fades out.
+    unmatched = Stylizer(graded, color_match=0, **settings)(x)
+    assert torch.allclose(stylizer(x), unmatched, atol=1e-6)
+    sky_over_field = torch.cat([torch.rand(1, 3, 24, 40) * 0.1 + 0.7, torch.rand(1, 3, 24, 40) * 0.1 + 0.2], dim=2)
+    assert torch.allclose(stylizer(sky_over_field), Stylizer(graded, layout_guard=False, **settings)(sky_over_field))
+    for bad in (0, 2.5, True):
+        with pytest.raises(UserError, match="color_bands"):
+            Stylizer(graded, color_bands=bad, **settings)
+    # Another band count than the stored one needs the style image: a clear error when it is gone.
+    orphan = save_generator(tmp_path / "orphan.pt", model, {**meta, "color_match": 1.0, "color_bands": 4,
+                                                             "style_color": style_color_entry(style),
+                                                             "style_image": str(tmp_path / "gone.jpg")})
+    with pytest.raises(UserError, match="color_bands=1"):
+        Stylizer(orphan, **settings)
+
+
 @pytest.mark.slow
 def test_color_match_follows_the_checkpoint_and_needs_the_style_statistics(checkpoint, tmp_path):
     from hrstyle.checkpoint import style_color_entry

@@ -365,3 +365,25 @@ def test_palette_term_is_low_at_its_targets_and_prefers_them_to_the_global_trans
     off = ContentStyleLoss(weights=str(OFFLINE_VGG16), arch="vgg16")
     off.set_style(style)
     assert "palette_loss" not in off(photo, photo, seed=0)
+
+
+def test_palette_bands_look_each_band_up_in_the_same_band_of_the_style():
+    """``palette_bands`` > 1: the targets come from the graduated transfer (the photo's top matched to the style's
+    top), so a photo whose bright half is below gets the style's bright colour below, which the global transfer
+    (which keeps the photo's order) cannot give."""
+    from hrstyle.image.color import banded_color_statistics, color_statistics
+    from hrstyle.losses.distributions import target_samples
+    from hrstyle.losses.perceptual import _lab, palette_targets
+
+    style = _two_colour([0.15, 0.2, 0.35], [0.9, 0.9, 0.95], 32, seed=0)  # dark sky over snow
+    photo = _two_colour([0.5, 0.6, 0.8], [0.2, 0.45, 0.15], 32, seed=1)  # bright sky over dark grass
+    samples = target_samples(_lab(style)[..., None])
+    snow = _lab(style[..., 32:, :]).mean(-1)
+    ground = {name: palette_targets(photo, stats, samples).reshape(1, 3, 16, 16)[..., 10:, :].mean(dim=(2, 3))
+              for name, stats in (("graded", banded_color_statistics(style, 8)), ("global", color_statistics(style)))}
+    assert (ground["graded"] - snow).norm() < 0.05 < (ground["global"] - snow).norm()
+    loss = ContentStyleLoss(weights="random", arch="vgg16", palette_weight=1.0, palette_bands=8)
+    loss.set_style(style)
+    assert loss.style_palette_statistics[0].shape == (8, 3)
+    with pytest.raises(UserError, match="palette_bands"):
+        ContentStyleLoss(weights="random", arch="vgg16", palette_bands=0)

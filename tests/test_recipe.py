@@ -45,7 +45,8 @@ def test_cpu_preset_keeps_structure_and_takes_the_style_on_unseen_photos(winter_
     checkpoint, tmp_path = winter_run
     generator, meta = load_generator(checkpoint)
     assert meta["generator_config"]["output"] == "residual" and meta["generator_config"]["color_branch"]
-    assert meta["guided_radius"] == 8 and meta["color_match"] == 0.0 and len(meta["style_color"]["mean"]) == 3
+    assert meta["guided_radius"] == 8 and meta["color_match"] == 1.0 and meta["color_bands"] == 8
+    assert len(meta["style_color"]["mean"]) == 3 and len(meta["style_color"]["bands"]["mean"]) == 8
     # What a user gets: the checkpoint's own inference defaults (the guided filter).
     stylizer = Stylizer(checkpoint, device="cpu", tile_size=0, cache_dir=tmp_path / "cache")
 
@@ -100,4 +101,5 @@ def test_photo_recipe_moves_each_region_towards_the_style_without_darkening(wint
     transfer = match_color(photo, color_statistics(style), 1.0)
     assert regional(network) < regional(transfer) < regional(photo), (regional(network), regional(transfer))
     assert abs(lightness_gap(network, style).item()) < 3
-    assert regional(default) < regional(transfer), (regional(default), regional(transfer))
+    # The defaults end with the graduated colour match: at most 0.7x the transfer (9.3 against 20.9 for the shipped winter).
+    assert regional(default) < 0.7 * regional(transfer), (regional(default), regional(transfer))

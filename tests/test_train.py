@@ -34,7 +34,14 @@ def test_training_writes_checkpoint_and_tensorboard(trained):
     assert ckpt["hrstyle"]["generator_config"] == model_cfg
     # The inference controls this style recommends, and the style's colour statistics they need.
     assert ckpt["hrstyle"]["guided_radius"] == cfg.style.guided_radius
-    assert ckpt["hrstyle"]["color_match"] == cfg.style.color_match
+    # style=custom: color_match/color_bands auto, resolved from the style image's layout
+    from hrstyle.image.color import recommended_color_match
+    from hrstyle.image.io import load_image
+
+    assert cfg.style.color_match == cfg.style.color_bands == "auto"
+    recommended = recommended_color_match(load_image(cfg.style.image, max_size=cfg.style.size)[None])
+    assert (ckpt["hrstyle"]["color_match"], ckpt["hrstyle"]["color_bands"]) == recommended
+    assert len(ckpt["hrstyle"]["style_color"]["bands"]["mean"]) == 8
     stats = ckpt["hrstyle"]["style_color"]
     assert len(stats["mean"]) == 3 and all(0 <= m <= 1 for m in stats["mean"]) and len(stats["cov"]) == 3
     assert all(k.startswith("generator.") for k in ckpt["state_dict"])
@@ -81,6 +88,14 @@ def test_missing_style_image_and_checkpoint_are_user_errors(tmp_path, photo_dir)
         train(cfg)
     cfg = fast_cfg(tmp_path, photo_dir, tmp_path / "nope.jpg", f"ckpt_path={tmp_path}/missing.ckpt")
     with pytest.raises(UserError, match="checkpoint"):
+        train(cfg)
+
+
+@pytest.mark.parametrize(("key", "value"), [("color_match", "1.5"), ("color_match", "often"), ("color_bands", "0"),
+                                            ("color_bands", "many")])
+def test_bad_colour_match_recommendations_are_user_errors(tmp_path, photo_dir, style_path, key, value):
+    cfg = fast_cfg(tmp_path, photo_dir, style_path, "style=custom", f"style.{key}={value}")
+    with pytest.raises(UserError, match=f"style.{key}"):
         train(cfg)
 
 

@@ -50,6 +50,7 @@ BUILTIN = ("identity", "gatys", "paper")
 GUIDED_SUFFIX = "+guided"
 DEFAULT_SUFFIX = "+default"
 COLOR_SUFFIX = "+color"
+GRADED_SUFFIX = "+graded"
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
 METHOD_KINDS = (
     "identity, gatys, paper, a checkpoint file (.pt/.ckpt), a training run folder "
@@ -301,11 +302,12 @@ def _build(specs: Iterable[str], options: MethodOptions, shared: SharedLoss, dev
             base = _build([spec[: -len(GUIDED_SUFFIX)]], options, shared, device)
             methods.extend(_with_guided_filter(m, options.guided) for m in base)
             continue
-        color = re.fullmatch(rf"(.+){re.escape(COLOR_SUFFIX)}(?:@([^+@]*))?", spec)
+        color = re.fullmatch(rf"(.+)({re.escape(COLOR_SUFFIX)}|{re.escape(GRADED_SUFFIX)})(?:@([^+@]*))?", spec)
         if color:
-            strength = options.color.strength if color.group(2) is None else _strength(spec, color.group(2))
+            strength = options.color.strength if color.group(3) is None else _strength(spec, color.group(3))
             base = _build([color.group(1)], options, shared, device)
-            methods.extend(_with_color_match(m, strength, color.group(2)) for m in base)
+            graded = color.group(2) == GRADED_SUFFIX
+            methods.extend(_with_color_match(m, strength, color.group(3), graded) for m in base)
             continue
         defaults = spec.endswith(DEFAULT_SUFFIX)
         if defaults:
@@ -348,11 +350,11 @@ def _strength(spec: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise UserError(f"method {spec!r}: +color@S takes a strength S in [0, 1], got {text!r}") from None
+        raise UserError(f"method {spec!r}: +color@S / +graded@S take a strength S in [0, 1], got {text!r}") from None
 
 
-def _with_color_match(method: Method, strength: float, label: str | None = None) -> Method:
-    from hrstyle.image.color import color_statistics, match_color
+def _with_color_match(method: Method, strength: float, label: str | None = None, graded: bool = False) -> Method:
+    from hrstyle.image.color import banded_color_statistics, color_statistics, match_color, match_color_banded
 
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
@@ -360,9 +362,12 @@ def _with_color_match(method: Method, strength: float, label: str | None = None)
     inner = method.fn
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if graded:
+            return match_color_banded(inner(content, style), banded_color_statistics(style.float().cpu()), strength)
         return match_color(inner(content, style), color_statistics(style.float().cpu()), strength)
 
-    suffix = COLOR_SUFFIX if label is None else f"{COLOR_SUFFIX}@{label}"
+    suffix = GRADED_SUFFIX if graded else COLOR_SUFFIX
+    suffix = suffix if label is None else f"{suffix}@{label}"
     method.fn, method.name = fn, f"{method.name}{suffix}"
     method.source = f"{method.source}{suffix}"
     return method

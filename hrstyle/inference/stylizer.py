@@ -15,7 +15,7 @@ from PIL import Image
 
 from hrstyle.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
 from hrstyle.errors import UserError
-from hrstyle.image.color import apply_strength, match_color, preserve_color
+from hrstyle.image.color import apply_strength, layout_weight, match_color, match_color_banded, preserve_color
 from hrstyle.image.guided import guided_filter
 from hrstyle.image.io import pil_to_tensor, tensor_to_pil
 from hrstyle.image.lift import downscale, lift, upsample, working_shape
@@ -83,6 +83,14 @@ class Look:
         None (default): the checkpoint's recommendation (its style's ``color_match``; 0 when
         it has none). Needs the style's colour statistics, stored in the checkpoint (or taken
         from its style image when that file exists).
+    color_bands: 1 = ``color_match`` is one global map; K > 1 = the graduated match
+        (``color.match_color_banded``): K horizontal bands of the output, each moved onto the same
+        band of the style image, so the photo's sky takes the style's sky colours and its ground
+        the style's ground (a layout most photos and photo styles share). None (default): the
+        checkpoint's recommendation (its style's ``color_bands``; 1 when it has none).
+    layout_guard: with the graduated match, a photo without a sky-above-ground layout of its own (a
+        portrait, a close-up) gets it faded out (``color.layout_weight``): it would take the style's
+        sky colours at its top and ground colours at its bottom. False: every photo gets the full match.
     """
 
     work_size: int | None = DEFAULT_WORK_SIZE
@@ -91,6 +99,8 @@ class Look:
     guided_radius: int | None = None
     guided_eps: float = 1e-3
     color_match: float | None = None
+    color_bands: int | None = None
+    layout_guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,10 @@ class Stylizer:
             raise UserError(f"guided_radius must be >= 0 and guided_eps > 0, got {guided_radius} and {guided_eps}")
         if color_match is not None and not 0.0 <= color_match <= 1.0:
             raise UserError(f"color_match must be in [0, 1], got {color_match}")
+        color_bands = look.color_bands
+        if color_bands is not None and (isinstance(color_bands, bool) or not isinstance(color_bands, int)
+                                        or color_bands < 1):
+            raise UserError(f"color_bands must be an integer >= 1 (1: one global colour map), got {color_bands!r}")
         if work_size is not None and (isinstance(work_size, bool) or not isinstance(work_size, int)
                                       or work_size < MIN_WORK_SIZE):
             raise UserError(f"work_size must be an integer >= {MIN_WORK_SIZE} (the long side in pixels at which "
@@ -208,7 +222,12 @@ class Stylizer:
         if color_match is None:
             color_match = float(self.meta.get("color_match") or 0.0)
         self.color_match = float(color_match)
-        self.style_color = style_color_statistics(self.meta, checkpoint) if self.color_match else None
+        if color_bands is None:
+            color_bands = int(self.meta.get("color_bands") or 1)
+        self.color_bands = int(color_bands)
+        self.layout_guard = bool(look.layout_guard)
+        self.style_color = (style_color_statistics(self.meta, checkpoint, self.color_bands)
+                            if self.color_match else None)
         self.model.to(self.device)
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -366,7 +385,11 @@ class Stylizer:
         out = stylized
         if self.style_color is not None:
             for i in range(out.shape[0]):  # each image from its own statistics; `out` is a fresh tensor
-                match_color(out[i:i + 1], self.style_color, self.color_match, inplace=True)
+                if self.color_bands > 1:
+                    weight = layout_weight(original[i]) if self.layout_guard else 1.0
+                    match_color_banded(out[i:i + 1], self.style_color, self.color_match * weight, inplace=True)
+                else:
+                    match_color(out[i:i + 1], self.style_color, self.color_match, inplace=True)
         if self.preserve_color:
             out = preserve_color(out, original)
         return apply_strength(out, original, self.strength)

@@ -10,7 +10,14 @@ from kornia.color import lab_to_rgb, rgb_to_lab
 from torch import nn
 
 from hrstyle.errors import UserError
-from hrstyle.image.color import color_statistics, color_transfer_map, match_color
+from hrstyle.image.color import (
+    BAND_WIDTH,
+    banded_color_statistics,
+    color_statistics,
+    color_transfer_map,
+    match_color,
+    match_color_banded,
+)
 from hrstyle.losses.distributions import (
     flatten_features,
     mean_std,
@@ -110,6 +117,10 @@ class ContentStyleLoss(nn.Module):
             nothing, whatever the style's proportions of sky and ground, which a distribution
             term (it forces the style's proportions) and a global transfer (one linear map)
             cannot give.
+        palette_bands: the transfer before the palette lookup: 1 = the photo's global colour
+            transfer; K > 1 = the graduated transfer (``match_color_banded``: K horizontal bands
+            of the photo, each moved onto the same band of the style), so that a photo's sky is
+            looked up among the style's sky colours and its ground among the style's ground.
         normalize: divide each layer's loss by the mean square of its target (content
             features, style Gram). Feature scales differ by orders of magnitude between
             layers and between loss networks (conv2_1 of the offline VGG16 has Gram entries
@@ -142,6 +153,7 @@ class ContentStyleLoss(nn.Module):
         correspondence_color_weight: float = 0.0,
         correspondence_layer: str = "relu4_1",
         palette_weight: float = 0.0,
+        palette_bands: int = 1,
     ) -> None:
         super().__init__()
         self.style_layers = _layer_weights(style_layers, style_layer_weights)
@@ -164,12 +176,15 @@ class ContentStyleLoss(nn.Module):
         self.photoreal_weight, self.color_weight = photoreal_weight, color_weight
         self.color_distribution_weight = color_distribution_weight
         self.correspondence_color_weight, self.correspondence_layer = correspondence_color_weight, correspondence_layer
-        self.palette_weight = palette_weight
+        if palette_bands < 1:
+            raise UserError(f"loss.palette_bands must be >= 1, got {palette_bands}")
+        self.palette_weight, self.palette_bands = palette_weight, int(palette_bands)
         self.register_buffer("style_mean_color", None, persistent=False)
         self.register_buffer("style_lab_samples", None, persistent=False)
         self.register_buffer("style_cell_features", None, persistent=False)
         self.register_buffer("style_cell_lab", None, persistent=False)
         self.style_color_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.style_palette_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
         layers = [content_layer, *self.style_layers]
         if correspondence_color_weight > 0:
             layers.append(correspondence_layer)
@@ -198,6 +213,8 @@ class ContentStyleLoss(nn.Module):
         self.style_mean_color = style.mean(dim=(2, 3))  # (1, 3)
         self.style_lab_samples = target_samples(_lab(style))
         self.style_color_statistics = color_statistics(style)
+        self.style_palette_statistics = (self.style_color_statistics if self.palette_bands == 1
+                                         else banded_color_statistics(style, self.palette_bands))
         if self.correspondence_color_weight > 0:
             cells = feats[self.correspondence_layer]
             self.style_cell_features = _cell_features(cells)
@@ -272,7 +289,7 @@ class ContentStyleLoss(nn.Module):
             loss = loss + self.correspondence_color_weight * terms["correspondence_color_loss"]
         if self.palette_weight > 0:
             with torch.no_grad():  # from the photo, not the output: the targets cannot drift
-                target = palette_targets(content.float(), self.style_color_statistics, self.style_lab_samples)
+                target = palette_targets(content.float(), self.style_palette_statistics, self.style_lab_samples)
             cell_lab = _lab(F.avg_pool2d(output.float(), PALETTE_CELL, ceil_mode=True))
             scale = self.style_lab_samples.var(dim=1).mean().clamp_min(1e-6)
             terms["palette_loss"] = (cell_lab - target).pow(2).mean() / scale
@@ -286,19 +303,23 @@ def palette_targets(photos: torch.Tensor, style_statistics: tuple[torch.Tensor, 
     """The colour of every ``cell`` px cell of the photos in the style's palette.
 
     Each photo is moved onto the style's RGB mean and covariance (its global colour transfer,
-    ``match_color``); each cell's mean CIELAB colour is then replaced by the mean of the
+    ``match_color``, or with band statistics the graduated transfer, ``match_color_banded``);
+    each cell's mean CIELAB colour is then replaced by the mean of the
     style's colours weighted by ``softmax(-distance / temperature)`` (soft nearest neighbours in
     colour). Put in place of the cell colours of the five segmented pairs' photos, these targets
     measure 12.5 on the regional colour distance against the global transfer's 14.1 (docs/recipes.md).
 
     Args:
         photos: (N, 3, H, W) RGB in [0, 1].
-        style_statistics: the style image's RGB mean (3,) and covariance (3, 3) (``color_statistics``).
+        style_statistics: the style image's RGB mean (3,) and covariance (3, 3) (``color_statistics``),
+            or per band (K, 3) and (K, 3, 3) (``banded_color_statistics``).
         style_lab: (3, Q) samples of the style image's CIELAB colours / 100 (``_lab``).
     Returns:
         (N, 3, P) CIELAB / 100 of the ``ceil(H / cell) · ceil(W / cell)`` cells, row-major.
     """
-    transferred = torch.cat([match_color(photo, style_statistics) for photo in photos.split(1)])
+    banded = style_statistics[0].dim() == 2
+    transferred = torch.cat([match_color_banded(photo, style_statistics, width=BAND_WIDTH) if banded
+                             else match_color(photo, style_statistics) for photo in photos.split(1)])
     cells = _lab(F.avg_pool2d(transferred, cell, ceil_mode=True))  # (N, 3, P)
     distance = torch.cdist(cells.transpose(1, 2), style_lab.T[None].to(cells))  # (N, P, Q)
     weights = torch.softmax(-distance / temperature, dim=-1)

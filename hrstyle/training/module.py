@@ -14,7 +14,7 @@ from hrstyle.checkpoint import CHECKPOINT_KEY, style_color_entry
 from hrstyle.errors import UserError
 from hrstyle.evaluation.metrics import StyleMetrics, lightness_gap
 from hrstyle.evaluation.regional import load_label_map, regional_color_distance
-from hrstyle.image.color import color_statistics
+from hrstyle.image.color import color_statistics, recommended_color_match
 from hrstyle.image.io import DEFAULT_MAX_PIXELS, load_image
 from hrstyle.losses import ContentStyleLoss
 from hrstyle.models.color import GlobalColorTransfer
@@ -48,6 +48,10 @@ class StyleTransferModule(pl.LightningModule):
         color_match: likewise, the strength of the match to the style's colour statistics at
             inference (``hrstyle.image.color.match_color``; 0 = none). The statistics
             themselves (taken from the style image as loaded here) are stored too.
+        color_bands: likewise, the colour match's bands (1 = one global map, K > 1 = the
+            graduated match, ``hrstyle.image.color.match_color_banded``). ``"auto"`` for either:
+            ``recommended_color_match`` of the style image (the graduated match at full strength
+            for a style with a sky-above-ground layout, none otherwise).
         max_pixels: a larger style image is refused (see ``hrstyle.image.io.open_rgb``).
         regional: optional ``{"content", "content_mask", "style_mask"}`` paths: a segmented photo
             (never trained on, ideally) and label maps of it and of the style image. Validation then
@@ -68,7 +72,8 @@ class StyleTransferModule(pl.LightningModule):
         preview_every: int = 100,
         val_metrics: bool = True,
         guided_radius: int = 0,
-        color_match: float = 0.0,
+        color_match: float | str = 0.0,
+        color_bands: int | str = 1,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         regional: dict[str, str | None] | None = None,
     ) -> None:
@@ -78,15 +83,18 @@ class StyleTransferModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.style_name, self.preview_every = style_name, preview_every
         self.guided_radius = int(guided_radius)
-        if not 0.0 <= color_match <= 1.0:
-            raise UserError(f"style.color_match must be in [0, 1], got {color_match}")
-        self.color_match = float(color_match)
+        if color_match != "auto" and (isinstance(color_match, (bool, str)) or not 0.0 <= color_match <= 1.0):
+            raise UserError(f"style.color_match must be in [0, 1] or auto, got {color_match!r}")
+        if color_bands != "auto" and (isinstance(color_bands, bool) or not isinstance(color_bands, int) or color_bands < 1):
+            raise UserError(f"style.color_bands must be an integer >= 1 or auto, got {color_bands!r}")
         self.style_path = str(style_image)
         if not user_path(style_image).is_file():
             raise UserError(f"style image not found: {style_image} (set style.image=/path/to/style.jpg)")
         # Style Gram targets: computed once here, then non-persistent buffers of loss_fn.
         self.style = load_image(user_path(style_image), max_size=style_size, max_pixels=max_pixels).unsqueeze(0)
         self.loss_fn.set_style(self.style)
+        self.color_bands = recommended_color_match(self.style)[1] if color_bands == "auto" else int(color_bands)
+        self.color_match = (1.0 if self.color_bands > 1 else 0.0) if color_match == "auto" else float(color_match)
         color = getattr(generator, "color", None)
         if isinstance(color, GlobalColorTransfer):  # the colour branch starts at the style's statistics
             color.set_target(*color_statistics(self.style))  # the ones the checkpoint stores for the colour match
@@ -202,5 +210,6 @@ class StyleTransferModule(pl.LightningModule):
             "style_image": self.style_path,
             "guided_radius": self.guided_radius,
             "color_match": self.color_match,
+            "color_bands": self.color_bands,
             "style_color": style_color_entry(self.style),
         }

@@ -90,6 +90,7 @@ def build(cfg: DictConfig) -> tuple[StyleTransferModule, pl.LightningDataModule,
         val_metrics=cfg.get("val_metrics", True),
         guided_radius=cfg.style.get("guided_radius", 0),
         color_match=cfg.style.get("color_match", 0.0),
+        color_bands=cfg.style.get("color_bands", 1),
         max_pixels=max_pixels,
         regional=OmegaConf.to_container(cfg.regional, resolve=True) if cfg.get("regional") else None,
     )

@@ -37,7 +37,9 @@ step; a deployment does the rest in a few lines of array code:
    bilinearly (half-pixel centres, ``align_corners=False``) to the photo's size, and
    ``out = clamp(A(x)·photo(x) + b(x), 0, 1)``.
 4. The checkpoint's colour match (its ``color_match`` strength towards ``style_color``), as
-   ``hrstyle.image.color.match_color``.
+   ``hrstyle.image.color.match_color``; with ``color_bands`` > 1 in the checkpoint, the graduated
+   match ``match_color_banded`` towards ``style_color["bands"]`` (one 3×3 map per horizontal band,
+   blended per row with the Gaussian band weights of ``band_weights``).
 
 Step 3 costs about 12 multiply-adds per pixel and channel at full resolution and can run in bands
 of rows; ``hrstyle.image.lift.lift`` is the reference implementation.
