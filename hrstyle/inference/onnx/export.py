@@ -39,7 +39,8 @@ step; a deployment does the rest in a few lines of array code:
 4. The checkpoint's colour match (its ``color_match`` strength towards ``style_color``), as
    ``hrstyle.image.color.match_color``; with ``color_bands`` > 1 in the checkpoint, the graduated
    match ``match_color_banded`` towards ``style_color["bands"]`` (one 3×3 map per horizontal band,
-   blended per row with the Gaussian band weights of ``band_weights``).
+   blended per row with the Gaussian band weights of ``band_weights``), its strength multiplied by
+   ``layout_weight`` of the photo (0 for a photo without a sky-above-ground layout).
 
 Step 3 costs about 12 multiply-adds per pixel and channel at full resolution and can run in bands
 of rows; ``hrstyle.image.lift.lift`` is the reference implementation.
