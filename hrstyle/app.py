@@ -88,8 +88,8 @@ class Controls:
         look = self.look(style)
         work = "null" if look.work_size is None else look.work_size
         return [f"checkpoint={style.checkpoint}", f"strength={look.strength:g}", f"color_match={look.color_match:g}",
-                f"color_bands={look.color_bands}", f"guided_radius={look.guided_radius}", f"preserve_color={str(look.preserve_color).lower()}",
-                f"work_size={work}"]
+                f"color_bands={look.color_bands}", f"guided_radius={look.guided_radius}",
+                f"preserve_color={str(look.preserve_color).lower()}", f"work_size={work}"]
 
 
 @dataclass
@@ -289,8 +289,8 @@ format (PNG for TIFF). A file that cannot be read is reported below the result a
 
 **Controls.** *Strength*: 0 = the photo, 1 = full style. *Colour match*: how far the colours move to the style
 image's palette. *Graduated*: the colours move band by band down the picture (sky to sky, ground to ground);
-switch it off for a photo laid out unlike the style (a portrait under a landscape style). *Photorealism*: the result is rewritten as smooth local colour changes of your photo (no
-painted texture, every edge kept). *Preserve colour*: keep your colours, take only the style's light and
+photos without such a layout (portraits, close-ups) get it faded out. *Photorealism*: the result is rewritten as
+smooth local colour changes of your photo (no painted texture, every edge kept). *Preserve colour*: keep your colours, take only the style's light and
 contrast. *Working resolution*: the size the network sees; larger catches finer structure and is slower.
 
 **Compare and download.** Drag the line across the before/after view; click a result below it to compare
@@ -387,8 +387,8 @@ def build_app(styles: list[Style], workspace: Workspace, stylizers: StylizerCach
         options = dict(fn=run, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="stylize",
                        trigger_mode="always_last", show_progress="full")
         gallery.select(on_style, None, [style_index, style_label, color, graduated, photoreal]).then(**options)
-        gr.on([photos.upload, strength.release, color.release, graduated.input, photoreal.input, keep_color.input, work.input,
-               button.click], **options)
+        gr.on([photos.upload, strength.release, color.release, graduated.input, photoreal.input, keep_color.input,
+               work.input, button.click], **options)
         results.select(on_result, pairs, compare)
     return demo
 

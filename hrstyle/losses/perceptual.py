@@ -10,14 +10,7 @@ from kornia.color import lab_to_rgb, rgb_to_lab
 from torch import nn
 
 from hrstyle.errors import UserError
-from hrstyle.image.color import (
-    BAND_WIDTH,
-    banded_color_statistics,
-    color_statistics,
-    color_transfer_map,
-    match_color,
-    match_color_banded,
-)
+from hrstyle.image.color import banded_color_statistics, color_statistics, color_transfer_map, match_color_banded
 from hrstyle.losses.distributions import (
     flatten_features,
     mean_std,
@@ -213,8 +206,7 @@ class ContentStyleLoss(nn.Module):
         self.style_mean_color = style.mean(dim=(2, 3))  # (1, 3)
         self.style_lab_samples = target_samples(_lab(style))
         self.style_color_statistics = color_statistics(style)
-        self.style_palette_statistics = (self.style_color_statistics if self.palette_bands == 1
-                                         else banded_color_statistics(style, self.palette_bands))
+        self.style_palette_statistics = banded_color_statistics(style, self.palette_bands)
         if self.correspondence_color_weight > 0:
             cells = feats[self.correspondence_layer]
             self.style_cell_features = _cell_features(cells)
@@ -302,8 +294,8 @@ def palette_targets(photos: torch.Tensor, style_statistics: tuple[torch.Tensor, 
                     cell: int = PALETTE_CELL) -> torch.Tensor:
     """The colour of every ``cell`` px cell of the photos in the style's palette.
 
-    Each photo is moved onto the style's RGB mean and covariance (its global colour transfer,
-    ``match_color``, or with band statistics the graduated transfer, ``match_color_banded``);
+    Each photo is moved onto the style's RGB mean and covariance per horizontal band (the graduated
+    transfer, ``match_color_banded``; with one band the global colour transfer, ``match_color``);
     each cell's mean CIELAB colour is then replaced by the mean of the
     style's colours weighted by ``softmax(-distance / temperature)`` (soft nearest neighbours in
     colour). Put in place of the cell colours of the five segmented pairs' photos, these targets
@@ -311,15 +303,13 @@ def palette_targets(photos: torch.Tensor, style_statistics: tuple[torch.Tensor, 
 
     Args:
         photos: (N, 3, H, W) RGB in [0, 1].
-        style_statistics: the style image's RGB mean (3,) and covariance (3, 3) (``color_statistics``),
-            or per band (K, 3) and (K, 3, 3) (``banded_color_statistics``).
+        style_statistics: the style image's RGB mean (K, 3) and covariance (K, 3, 3) per band
+            (``banded_color_statistics``; K = 1: the whole image's).
         style_lab: (3, Q) samples of the style image's CIELAB colours / 100 (``_lab``).
     Returns:
         (N, 3, P) CIELAB / 100 of the ``ceil(H / cell) · ceil(W / cell)`` cells, row-major.
     """
-    banded = style_statistics[0].dim() == 2
-    transferred = torch.cat([match_color_banded(photo, style_statistics, width=BAND_WIDTH) if banded
-                             else match_color(photo, style_statistics) for photo in photos.split(1)])
+    transferred = torch.cat([match_color_banded(photo, style_statistics) for photo in photos.split(1)])
     cells = _lab(F.avg_pool2d(transferred, cell, ceil_mode=True))  # (N, 3, P)
     distance = torch.cdist(cells.transpose(1, 2), style_lab.T[None].to(cells))  # (N, P, Q)
     weights = torch.softmax(-distance / temperature, dim=-1)
