@@ -290,6 +290,32 @@ def test_match_color_moves_the_colour_distribution_and_nothing_else():
         match_color(photo, target, strength=1.5)
 
 
+def test_colour_map_gain_cap_keeps_flat_regions_from_being_stretched():
+    from hrstyle.image.color import color_statistics, color_transfer_map, match_color, match_color_banded
+
+    torch.manual_seed(0)
+    # A nearly flat photo (a calm sea) under a style of strong colour spread: the exact map stretches it ~10x.
+    photo = torch.rand(1, 3, 40, 40) * 0.04 + 0.45
+    style = torch.rand(1, 3, 40, 40) * 0.6 + 0.2
+    source, target = color_statistics(photo), color_statistics(style)
+    exact, _ = color_transfer_map(source, target)
+    capped, shift = color_transfer_map(source, target, max_gain=2.0)
+    assert torch.linalg.eigvalsh(exact).max() > 8
+    assert torch.linalg.eigvalsh((capped + capped.T) / 2).max() <= 2.0 + 1e-9
+    assert torch.allclose(capped @ source[0].double() + shift, target[0].double(), atol=1e-9)  # the means still map
+    out = match_color(photo, target, max_gain=2.0)
+    assert torch.allclose(color_statistics(out)[0], target[0], atol=1e-4)
+    assert out.std(dim=(2, 3)).max() <= 2.0 * photo.std(dim=(2, 3)).max() + 1e-4  # spread at most doubled
+    # A cap above every gain changes nothing; the graduated match takes the same cap per band.
+    mild = torch.rand(1, 3, 40, 40) * 0.3 + 0.3
+    assert torch.allclose(match_color(style, color_statistics(mild), max_gain=2.0),
+                          match_color(style, color_statistics(mild)), atol=1e-6)
+    graded = match_color_banded(photo, (target[0][None], target[1][None]), max_gain=2.0)
+    assert torch.allclose(graded, out, atol=1e-6)
+    with pytest.raises(ValueError, match="gain"):
+        color_transfer_map(source, target, max_gain=0.0)
+
+
 def test_graduated_transfer_gives_each_band_the_style_band_colours():
     from hrstyle.image.color import (
         band_weights,
@@ -369,6 +395,17 @@ def test_graduated_color_match_follows_the_checkpoint(checkpoint, tmp_path):
     for bad in (0, 2.5, True):
         with pytest.raises(UserError, match="color_bands"):
             Stylizer(graded, color_bands=bad, **settings)
+    # The gain cap (default 2) reaches the match: the result is the unmatched output under the capped map.
+    from hrstyle.image.color import color_statistics, match_color
+
+    flat = torch.rand(1, 3, 48, 40) * 0.02 + 0.5
+    plain = Stylizer(graded, color_match=0, **settings)(flat)
+    capped = Stylizer(graded, color_bands=1, **settings)(flat)
+    assert torch.allclose(capped, match_color(plain, color_statistics(style), max_gain=2.0), atol=1e-5)
+    assert not torch.allclose(capped, Stylizer(graded, color_bands=1, color_max_gain=None, **settings)(flat), atol=1e-3)
+    for bad in (0.5, "x", True):
+        with pytest.raises(UserError, match="color_max_gain"):
+            Stylizer(graded, color_max_gain=bad, **settings)
     # Another band count than the stored one needs the style image: a clear error when it is gone.
     orphan = save_generator(tmp_path / "orphan.pt", model, {**meta, "color_match": 1.0, "color_bands": 4,
                                                              "style_color": style_color_entry(style),

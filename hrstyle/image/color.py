@@ -81,16 +81,21 @@ def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
-                       strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                       strength: float = 1.0, max_gain: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map ``x -> A x + b`` taking colour statistics ``source`` to ``target``.
 
     Both are ``(mean (3,), cov (3, 3))``. ``A`` is the linear Monge–Kantorovich solution
     ``S^-1/2 (S^1/2 T S^1/2)^1/2 S^-1/2`` (the least colour displacement that gives the target
-    covariance); ``strength`` in [0, 1] blends it with the identity (0 = no change).
+    covariance; symmetric). ``max_gain``: ``A``'s eigenvalues (its contrast gain in each colour
+    direction) are capped there, so a flat source is not stretched into noise, streaks or speckle
+    (the means still map exactly; the target's spread is then not reached); None = uncapped.
+    ``strength`` in [0, 1] blends the map with the identity (0 = no change).
     Returns float64 ``(A (3, 3), b (3,))``.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"colour-match strength must be in [0, 1], got {strength}")
+    if max_gain is not None and not max_gain > 0:
+        raise ValueError(f"the colour map's maximum gain must be > 0, got {max_gain}")
     (mu_s, cov_s), (mu_t, cov_t) = source, target
     eye = torch.eye(3, dtype=torch.float64)
     # A small ridge: a flat or grey image has a singular covariance (no direction to stretch).
@@ -98,6 +103,9 @@ def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[
     root = sqrtm_psd(cov_s)
     inv_root = torch.linalg.inv(root)
     a = inv_root @ sqrtm_psd(root @ cov_t @ root) @ inv_root
+    if max_gain is not None:
+        values, vectors = torch.linalg.eigh((a + a.T) / 2)
+        a = vectors @ torch.diag(values.clamp(max=max_gain)) @ vectors.T
     a = strength * a + (1.0 - strength) * eye
     b = (mu_s.double() + strength * (mu_t.double() - mu_s.double())) - a @ mu_s.double()
     return a, b
@@ -108,15 +116,15 @@ _MATCH_BAND_PIXELS = 1 << 18
 
 
 def match_color(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0,
-                inplace: bool = False) -> torch.Tensor:
+                inplace: bool = False, max_gain: float | None = None) -> torch.Tensor:
     """Give ``image`` the colour statistics ``target`` = (mean (3,), cov (3, 3)) of a style.
 
     ``image`` is one (3, H, W) or (1, 3, H, W) RGB image in [0, 1] (its statistics are taken over
     all of it); returns a tensor of the same shape and dtype, clamped to [0, 1]: a new one, or
     ``image`` itself with ``inplace`` (no second full-size copy: 288 MB at 24 MP). Applied in bands
-    of rows.
+    of rows. ``max_gain``: see ``color_transfer_map``.
     """
-    a, b = color_transfer_map(color_statistics(image), target, strength)
+    a, b = color_transfer_map(color_statistics(image), target, strength, max_gain)
     h = image.shape[-2]
     return _map_rows(image, a.expand(h, 3, 3), b[:, None].expand(3, h), inplace)
 
@@ -187,7 +195,8 @@ def banded_color_statistics(image: torch.Tensor, bands: int = BANDS,
 
 
 def match_color_banded(image: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], strength: float = 1.0,
-                       bands: int | None = None, width: float = BAND_WIDTH, inplace: bool = False) -> torch.Tensor:
+                       bands: int | None = None, width: float = BAND_WIDTH, inplace: bool = False,
+                       max_gain: float | None = None) -> torch.Tensor:
     """The graduated colour transfer: give each horizontal band of ``image`` the colour statistics of
     the same band of a style, ``target`` = (means (K, 3), covariances (K, 3, 3)) from
     ``banded_color_statistics`` of the style image (same ``bands`` and ``width``).
@@ -195,7 +204,8 @@ def match_color_banded(image: torch.Tensor, target: tuple[torch.Tensor, torch.Te
     Each band's affine map (``color_transfer_map``) is blended per row with the rows' band weights, so
     the map changes smoothly down the image and is affine in colour at every row (edges and textures
     are kept). ``image`` is one (3, H, W) or (1, 3, H, W) RGB image in [0, 1]; returns the same shape
-    and dtype, clamped to [0, 1]. With one band it is ``match_color``.
+    and dtype, clamped to [0, 1]. With one band it is ``match_color``. ``max_gain``: see
+    ``color_transfer_map`` (a band of little colour under a style band of much is where stretching shows).
     """
     means, covs = target
     k = means.shape[0] if bands is None else bands
@@ -203,7 +213,8 @@ def match_color_banded(image: torch.Tensor, target: tuple[torch.Tensor, torch.Te
         raise ValueError(f"expected band statistics of shapes ({k}, 3) and ({k}, 3, 3), "
                          f"got {tuple(means.shape)} and {tuple(covs.shape)}")
     source = banded_color_statistics(image, k, width)
-    maps = [color_transfer_map((source[0][i], source[1][i]), (means[i], covs[i]), strength) for i in range(k)]
+    maps = [color_transfer_map((source[0][i], source[1][i]), (means[i], covs[i]), strength, max_gain)
+            for i in range(k)]
     a = torch.stack([m[0] for m in maps])  # (K, 3, 3)
     b = torch.stack([m[1] for m in maps])  # (K, 3)
     weights = band_weights(image.shape[-2], k, width)
@@ -238,6 +249,12 @@ def recommended_color_match(style: torch.Tensor) -> tuple[float, int]:
 #: Layout shares of a *photo* over which the graduated match fades in (0 below, full strength above): the
 #: landscapes among the evaluation photos measure 0.55-0.83, portraits, a close-up, a door and a forest 0.13-0.23.
 PHOTO_LAYOUT_RAMP = (0.25, 0.5)
+
+#: The colour match's contrast-gain cap at inference (``max_gain``): the graduated match stretched the bands of
+#: the shipped styles' outputs up to 9x (a calm sea under a style's reflections: orange, pink and cyan streaks;
+#: grass under a snow band: salt-and-pepper frost); at 2 both calm down at the same regional distance on the
+#: five segmented pairs (docs/recipes.md, "The gain cap").
+MAX_GAIN = 2.0
 
 
 def layout_weight(photo: torch.Tensor) -> float:

@@ -40,7 +40,9 @@ step; a deployment does the rest in a few lines of array code:
    ``hrstyle.image.color.match_color``; with ``color_bands`` > 1 in the checkpoint, the graduated
    match ``match_color_banded`` towards ``style_color["bands"]`` (one 3×3 map per horizontal band,
    blended per row with the Gaussian band weights of ``band_weights``), its strength multiplied by
-   ``layout_weight`` of the photo (0 for a photo without a sky-above-ground layout).
+   ``layout_weight`` of the photo (0 for a photo without a sky-above-ground layout). Each map's
+   eigenvalues (it is symmetric) are capped at ``MAX_GAIN`` = 2 before the strength blends it with
+   the identity (``max_gain``: no stretching of flat bands into streaks).
 
 Step 3 costs about 12 multiply-adds per pixel and channel at full resolution and can run in bands
 of rows; ``hrstyle.image.lift.lift`` is the reference implementation.
