@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,6 +246,29 @@ def test_shipped_starry_checkpoint_is_small_and_works():
     x = torch.rand(1, 3, 40, 52)
     y = stylizer(x)
     assert y.shape == x.shape and (y - x).abs().mean() > 0.05  # it really restyles
+
+
+PHOTO_STYLES = sorted(p for p in (ROOT / "checkpoints").glob("*.pt") if p.stem != "starry")
+
+
+@pytest.mark.parametrize("path", PHOTO_STYLES, ids=[p.stem for p in PHOTO_STYLES])
+def test_shipped_photo_styles_carry_their_recommendations(path, monkeypatch, tmp_path):
+    from hrstyle.inference import load_generator
+
+    assert path.stat().st_size < 1_000_000
+    _, meta = load_generator(path)
+    assert meta["style_name"] == path.stem and meta["guided_radius"] == 8
+    bands = meta["color_bands"]
+    assert (meta["color_match"], bands) in ((1.0, 8), (0.0, 1))
+    # The colour statistics travel in the checkpoint: it works without its style image (moved or never fetched).
+    assert not Path(meta["style_image"]).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    stylizer = Stylizer(path, device="cpu", backend="eager")
+    assert stylizer.color_bands == bands
+    sky_over_field = torch.cat([torch.rand(1, 3, 24, 48) * 0.1 + 0.7, torch.rand(1, 3, 24, 48) * 0.1 + 0.2], dim=2)
+    y = stylizer(sky_over_field)
+    assert y.shape == sky_over_field.shape and torch.isfinite(y).all() and 0 <= y.min() and y.max() <= 1
+    assert (y - sky_over_field).abs().mean() > 0.02  # it restyles
 
 
 def test_guided_filter_control_follows_the_checkpoint_unless_set(checkpoint, tmp_path):
