@@ -80,6 +80,13 @@ def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
 
 
+#: The colour match's contrast-gain cap at inference (``max_gain``): the graduated match stretched the bands of
+#: the shipped styles' outputs up to 9x (a calm sea under a style's reflections: orange, pink and cyan streaks;
+#: grass under a snow band: salt-and-pepper frost); at 2 both calm down at the same regional distance on the
+#: five segmented pairs (docs/recipes.md, "The gain cap").
+MAX_GAIN = 2.0
+
+
 def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
                        strength: float = 1.0, max_gain: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map ``x -> A x + b`` taking colour statistics ``source`` to ``target``.
@@ -94,8 +101,8 @@ def color_transfer_map(source: tuple[torch.Tensor, torch.Tensor], target: tuple[
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"colour-match strength must be in [0, 1], got {strength}")
-    if max_gain is not None and not max_gain > 0:
-        raise ValueError(f"the colour map's maximum gain must be > 0, got {max_gain}")
+    if max_gain is not None and not max_gain >= 1:  # below 1 it would flatten every colour, not cap a stretch
+        raise ValueError(f"the colour map's maximum gain must be >= 1, got {max_gain}")
     (mu_s, cov_s), (mu_t, cov_t) = source, target
     eye = torch.eye(3, dtype=torch.float64)
     # A small ridge: a flat or grey image has a singular covariance (no direction to stretch).
@@ -249,12 +256,6 @@ def recommended_color_match(style: torch.Tensor) -> tuple[float, int]:
 #: Layout shares of a *photo* over which the graduated match fades in (0 below, full strength above): the
 #: landscapes among the evaluation photos measure 0.55-0.83, portraits, a close-up, a door and a forest 0.13-0.23.
 PHOTO_LAYOUT_RAMP = (0.25, 0.5)
-
-#: The colour match's contrast-gain cap at inference (``max_gain``): the graduated match stretched the bands of
-#: the shipped styles' outputs up to 9x (a calm sea under a style's reflections: orange, pink and cyan streaks;
-#: grass under a snow band: salt-and-pepper frost); at 2 both calm down at the same regional distance on the
-#: five segmented pairs (docs/recipes.md, "The gain cap").
-MAX_GAIN = 2.0
 
 
 def layout_weight(photo: torch.Tensor) -> float:
