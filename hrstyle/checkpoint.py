@@ -68,13 +68,24 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
 
 def style_color_entry(style: torch.Tensor) -> dict[str, Any]:
     """The checkpoint entry ``style_color`` for a (1, 3, H, W) style image in [0, 1]: its RGB mean and
-    covariance (the global colour match) and the same per horizontal band (the graduated match)."""
-    from hrstyle.image.color import BAND_WIDTH, BANDS, banded_color_statistics, color_statistics
+    covariance (the global colour match), the same per horizontal band (the graduated match), and per
+    equal-height strip with the height of its horizon (the graduated match with the horizons aligned)."""
+    from hrstyle.image.color import (
+        BAND_WIDTH,
+        BANDS,
+        STRIPS,
+        banded_color_statistics,
+        color_statistics,
+        find_horizon,
+        strip_color_statistics,
+    )
 
     mean, cov = color_statistics(style)
     band_mean, band_cov = banded_color_statistics(style, BANDS, BAND_WIDTH)
+    strip_mean, strip_cov = strip_color_statistics(style, min(STRIPS, style.shape[-2]))
     return {"mean": mean.tolist(), "cov": cov.tolist(),
-            "bands": {"width": BAND_WIDTH, "mean": band_mean.tolist(), "cov": band_cov.tolist()}}
+            "bands": {"width": BAND_WIDTH, "mean": band_mean.tolist(), "cov": band_cov.tolist()},
+            "strips": {"horizon": find_horizon(style), "mean": strip_mean.tolist(), "cov": strip_cov.tolist()}}
 
 
 def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike = "",
@@ -107,6 +118,26 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
         f"({image}) is not here: use color_match=0{'' if bands == 1 else ' or color_bands=1'}, "
         "or retrain it with this version"
     )
+
+
+def style_strip_statistics(meta: dict[str, Any]) -> tuple[tuple[torch.Tensor, torch.Tensor], float] | None:
+    """The style's strip colour statistics, means (S, 3) and covariances (S, 3, 3) (float64), and the height
+    of its horizon (a fraction), for the graduated match with the horizons aligned: stored in checkpoints as
+    ``style_color["strips"]``; for checkpoints written before that, taken from their style image when the
+    file still exists; else None (the graduated match then pairs rows by height alone)."""
+    from hrstyle.image.color import STRIPS, find_horizon, strip_color_statistics
+
+    stored = (meta.get("style_color") or {}).get("strips")
+    if stored:
+        strips = (torch.tensor(stored["mean"], dtype=torch.float64), torch.tensor(stored["cov"], dtype=torch.float64))
+        return strips, float(stored["horizon"])
+    image = meta.get("style_image")
+    if image and user_path(image).is_file():
+        from hrstyle.image.io import load_image
+
+        style = load_image(user_path(image), max_size=STYLE_COLOR_SIZE)
+        return strip_color_statistics(style, min(STRIPS, style.shape[-2])), find_horizon(style)
+    return None
 
 
 def save_generator(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:

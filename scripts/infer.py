@@ -19,7 +19,7 @@ from hrstyle.inference import Look, Runtime, Stylizer, plan_many, stylize_files
 def run(cfg: DictConfig) -> int:
     look = Look(work_size=cfg.work_size, strength=cfg.strength, preserve_color=cfg.preserve_color,
                 guided_radius=cfg.guided_radius, guided_eps=cfg.guided_eps, color_match=cfg.color_match,
-                color_bands=cfg.color_bands, layout_guard=cfg.layout_guard,
+                color_bands=cfg.color_bands, layout_guard=cfg.layout_guard, align_horizon=cfg.align_horizon,
                 color_max_gain=cfg.color_max_gain)
     runtime = Runtime(device=cfg.device, precision=cfg.precision, backend=cfg.backend, compile=cfg.compile,
                       channels_last=cfg.channels_last, tile_size=cfg.tile_size, tile_margin=cfg.tile_margin,

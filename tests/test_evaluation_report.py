@@ -211,15 +211,16 @@ def test_color_suffix_matches_the_pair_style_colours(tmp_path: Path) -> None:
 
 
 def test_graded_suffix_is_the_graduated_transfer_onto_the_pair_style(tmp_path: Path) -> None:
-    from hrstyle.image.color import banded_color_statistics, match_color_banded
+    from hrstyle.image.color import aligned_band_statistics, find_horizon, match_color_banded, strip_color_statistics
 
     options = settings(tmp_path).method_options
     (graded,), (half,) = (build_methods([m], options, torch.device("cpu")) for m in ("identity+graded@1", "identity+graded"))
     assert graded.name == "identity+graded@1" and half.name == "identity+graded"
     torch.manual_seed(0)
     photo, style = torch.rand(1, 3, 24, 30) * 0.5 + 0.25, torch.rand(1, 3, 16, 16) * 0.3
-    assert torch.equal(graded.fn(photo, style), match_color_banded(photo, banded_color_statistics(style)))
-    assert torch.allclose(half.fn(photo, style), match_color_banded(photo, banded_color_statistics(style), 0.5))
+    target = aligned_band_statistics(strip_color_statistics(style, 16), find_horizon(style), photo)  # horizons aligned
+    assert torch.equal(graded.fn(photo, style), match_color_banded(photo, target))
+    assert torch.allclose(half.fn(photo, style), match_color_banded(photo, target, 0.5))
     with pytest.raises(UserError, match="graded@S"):
         build_methods(["identity+graded@x"], options, torch.device("cpu"))
 

@@ -396,6 +396,58 @@ def test_styles_with_a_layout_get_the_graduated_match():
     assert layout_weight(big) == 1.0
 
 
+def _sky_over_ground(height: int, width: int, horizon: float, sky: float, ground: float) -> torch.Tensor:
+    """A (1, 3, H, W) image: a smooth grey sky of value ``sky`` over textured ground around ``ground``."""
+    torch.manual_seed(0)
+    split = round(horizon * height)
+    top = torch.full((1, 3, split, width), sky) + 0.01 * torch.rand(1, 1, split, 1)
+    bottom = (ground + 0.15 * (torch.rand(1, 1, height - split, width) - 0.5)).expand(1, 3, -1, -1)
+    return torch.cat([top, bottom], dim=2).clamp(0, 1)
+
+
+def test_horizons_are_found_and_aligned():
+    from hrstyle.image.color import (
+        banded_color_statistics,
+        bands_from_strips,
+        find_horizon,
+        horizon_positions,
+        move_horizon,
+        strip_color_statistics,
+    )
+
+    for horizon in (0.3, 0.6):
+        assert abs(find_horizon(_sky_over_ground(100, 80, horizon, 0.8, 0.3)) - horizon) <= 0.02
+    # A smooth sky over textured ground of the same mean colour: the texture alone shows the horizon.
+    assert abs(find_horizon(_sky_over_ground(100, 80, 0.4, 0.5, 0.5)) - 0.4) <= 0.02
+    # Large photos are measured on a thumbnail: the same height.
+    big = torch.nn.functional.interpolate(_sky_over_ground(100, 80, 0.3, 0.8, 0.3), size=(1200, 960), mode="nearest")
+    assert abs(find_horizon(big) - 0.3) <= 0.02
+
+    # Re-spacing: unchanged when the horizons agree; the style's horizon lands on the photo's; monotone.
+    u = horizon_positions(10, 0.5, 0.5)
+    assert torch.allclose(u, (torch.arange(10, dtype=torch.float64) + 0.5) / 10)
+    moved = horizon_positions(100, 0.6, 0.3)
+    assert torch.all(moved[1:] > moved[:-1]) and (moved[59] < 0.3 < moved[60])
+    with pytest.raises(ValueError, match="horizons"):
+        horizon_positions(10, 0.0, 0.5)
+    # How far the horizon moves: not at weight 0, all the way at 1, never more than a stretch of 2.
+    assert move_horizon(0.6, 0.4, 0.0) == 0.6 and move_horizon(0.6, 0.4) == pytest.approx(0.4)
+    assert move_horizon(0.6, 0.4, 0.5) == pytest.approx(0.5)
+    assert move_horizon(0.6, 0.1) == pytest.approx(0.3) and move_horizon(0.2, 0.9) == pytest.approx(0.4)
+
+    # The style: dark sky over white snow, horizon at 60%; the photo's horizon is at 30%.
+    style = _sky_over_ground(100, 60, 0.6, 0.2, 0.9)
+    strips = strip_color_statistics(style, 50)
+    assert strips[0].shape == (50, 3) and strips[1].shape == (50, 3, 3)
+    plain = bands_from_strips(strips)
+    reference = banded_color_statistics(style)
+    assert torch.allclose(plain[0], reference[0], atol=0.01) and torch.allclose(plain[1], reference[1], atol=2e-3)
+    aligned = bands_from_strips(strips, horizons=(0.6, 0.3))
+    band = 3  # centred at 44% of the height: below the photo's horizon, above the style's
+    assert plain[0][band].mean() < 0.3 and aligned[0][band].mean() > 0.8  # sky by height; snow once aligned
+    assert aligned[0][0].mean() < 0.3 and aligned[0][-1].mean() > 0.8  # the top stays sky, the bottom snow
+
+
 def test_graduated_color_match_follows_the_checkpoint(checkpoint, tmp_path):
     from hrstyle.checkpoint import style_color_entry
     from hrstyle.inference import load_generator
@@ -430,6 +482,24 @@ def test_graduated_color_match_follows_the_checkpoint(checkpoint, tmp_path):
     for bad in (0.5, "x", True):
         with pytest.raises(UserError, match="color_max_gain"):
             Stylizer(graded, color_max_gain=bad, **settings)
+    # The horizons aligned: a style with its horizon at 60% (dark sky over white snow) and a photo with its
+    # horizon at 35%: rows between the two take the style's snow, where rows paired by height take its sky.
+    snow = _sky_over_ground(60, 40, 0.6, 0.15, 0.9)
+    aligned_style = save_generator(tmp_path / "aligned.pt", model, {**meta, "color_match": 1.0, "color_bands": 8,
+                                                                    "style_color": style_color_entry(snow)})
+    photo = _sky_over_ground(80, 60, 0.35, 0.8, 0.3)
+    middle = {align: Stylizer(aligned_style, align_horizon=align, **settings)(photo)[..., 36:42, :].mean().item()
+              for align in (True, False)}
+    assert middle[True] > 0.7 and middle[False] < 0.45
+    assert Stylizer(aligned_style, **settings).style_strips is not None
+    assert Stylizer(aligned_style, align_horizon=False, **settings).style_strips is None
+    # A checkpoint written before the strips (and its style image gone) pairs rows by height, as it did.
+    old_entry = {k: v for k, v in style_color_entry(snow).items() if k != "strips"}
+    older = save_generator(tmp_path / "older.pt", model, {**meta, "color_match": 1.0, "color_bands": 8,
+                                                          "style_color": old_entry})
+    assert Stylizer(older, **settings).style_strips is None
+    assert torch.allclose(Stylizer(older, **settings)(photo), Stylizer(aligned_style, align_horizon=False,
+                                                                       **settings)(photo))
     # Another band count than the stored one needs the style image: a clear error when it is gone.
     orphan = save_generator(tmp_path / "orphan.pt", model, {**meta, "color_match": 1.0, "color_bands": 4,
                                                              "style_color": style_color_entry(style),

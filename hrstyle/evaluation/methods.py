@@ -354,7 +354,15 @@ def _strength(spec: str, text: str) -> float:
 
 
 def _with_color_match(method: Method, strength: float, label: str | None = None, graded: bool = False) -> Method:
-    from hrstyle.image.color import banded_color_statistics, color_statistics, match_color, match_color_banded
+    from hrstyle.image.color import (
+        STRIPS,
+        aligned_band_statistics,
+        color_statistics,
+        find_horizon,
+        match_color,
+        match_color_banded,
+        strip_color_statistics,
+    )
 
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
@@ -362,8 +370,11 @@ def _with_color_match(method: Method, strength: float, label: str | None = None,
     inner = method.fn
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if graded:
-            return match_color_banded(inner(content, style), banded_color_statistics(style.float().cpu()), strength)
+        if graded:  # what inference's graduated match does, horizons aligned, on every photo (no layout guard)
+            style = style.float().cpu()
+            strips = strip_color_statistics(style, min(STRIPS, style.shape[-2]))
+            target = aligned_band_statistics(strips, find_horizon(style), content.float().cpu())
+            return match_color_banded(inner(content, style), target, strength)
         return match_color(inner(content, style), color_statistics(style.float().cpu()), strength)
 
     suffix = GRADED_SUFFIX if graded else COLOR_SUFFIX

@@ -265,12 +265,131 @@ def layout_weight(photo: torch.Tensor) -> float:
 
     ``photo`` is (3, H, W) or (1, 3, H, W) RGB in [0, 1]; measured on a thumbnail of at most 256 px.
     """
-    image = photo.reshape(1, 3, *photo.shape[-2:])
-    step = max(1, max(image.shape[-2:]) // 1024)  # a 24 MP photo: every 5th pixel first (a variance ratio needs no more)
-    image = image[..., ::step, ::step].float()
-    scale = 256 / max(image.shape[-2:])
-    if scale < 1:
-        size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
-        image = torch.nn.functional.interpolate(image, size=size, mode="area")
     low, high = PHOTO_LAYOUT_RAMP
-    return min(max((layout_share(image) - low) / (high - low), 0.0), 1.0)
+    return min(max((layout_share(_thumbnail(photo)) - low) / (high - low), 0.0), 1.0)
+
+
+def _thumbnail(image: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """A (3, H, W) or (1, 3, H, W) image as a (1, 3, h, w) float one of at most ``size`` px on the long side."""
+    image = image.reshape(1, 3, *image.shape[-2:])
+    step = max(1, max(image.shape[-2:]) // (4 * size))  # a 24 MP photo: every 5th pixel first (a thumbnail needs no more)
+    image = image[..., ::step, ::step].float()
+    scale = size / max(image.shape[-2:])
+    if scale < 1:
+        size_hw = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+        image = torch.nn.functional.interpolate(image, size=size_hw, mode="area")
+    return image
+
+
+# Horizon alignment: the graduated match pairs the photo's rows with the style's rows at the same height, which
+# gives the photo's sea the style's sky wherever the two horizons are at different heights (a seascape with its
+# horizon at 30% under a style with it at 60%). Each image's horizon is found on its own (no colour comparison
+# between photo and style: a green field and a snowfield share no colour), and the style's rows are re-spaced so
+# that its horizon meets the photo's, piecewise linearly above and below (docs/recipes.md, "Horizon alignment").
+
+#: Equal-height strips of the style whose colour moments a checkpoint stores (``strip_color_statistics``): the
+#: graduated match's bands (sigma 8% of the height) are re-made from them for any horizon.
+STRIPS = 64
+
+#: The horizon is looked for between these heights (a split closer to an edge is a border, not a horizon).
+HORIZON_RANGE = (0.1, 0.9)
+
+
+def find_horizon(image: torch.Tensor) -> float:
+    """The height of a (3, H, W) or (1, 3, H, W) RGB image's horizon, as a fraction of its height in ``HORIZON_RANGE``.
+
+    The horizon is where the image splits best into a top and a bottom part: the row that minimises the rows'
+    spread around the two parts' means, each row described by its mean CIELAB colour (in units of 10) and the log of
+    its mean lightness gradient (texture: a smooth sky over textured snow of the same colour splits there too).
+    Measured on a thumbnail of at most 256 px.
+    """
+    from kornia.color import rgb_to_lab
+    from kornia.filters import sobel
+
+    lab = rgb_to_lab(_thumbnail(image).clamp(0, 1))[0].double()
+    texture = torch.log(sobel(lab[None, :1] / 100)[0, 0].mean(-1) + 1e-3)
+    rows = torch.cat([lab.mean(-1).T / 10, texture[:, None]], 1)  # (H, 4)
+    h = rows.shape[0]
+    if h < 4:
+        return 0.5
+    # Within-part spread for every split at once from cumulative sums: sum |x|^2 - |sum x|^2 / n per part.
+    csum = torch.cat([rows.new_zeros(1, 4), rows.cumsum(0)])
+    csq = torch.cat([rows.new_zeros(1), (rows ** 2).sum(1).cumsum(0)])
+    n = torch.arange(h + 1, dtype=torch.float64)
+    top = csq - (csum ** 2).sum(1) / n.clamp_min(1)
+    bottom = (csq[-1] - csq) - ((csum[-1] - csum) ** 2).sum(1) / (h - n).clamp_min(1)
+    low, high = HORIZON_RANGE
+    splits = torch.arange(max(1, int(low * h)), max(2, min(h - 1, int(high * h))) + 1)
+    best = splits[torch.argmin((top + bottom)[splits])]
+    return float(best) / h
+
+
+#: The horizon alignment stretches or squeezes the style's part above and below its horizon by at most this factor: a
+#: horizon found in the wrong place (a ship's waterline near the bottom of a photo, a van's roof near the top of a
+#: style) would otherwise give most of the photo one sliver of the style (white sails under `faded`). The five
+#: segmented pairs need up to 1.9 (a seascape with its horizon at 30% under a style with it at 58%).
+MAX_HORIZON_STRETCH = 2.0
+
+
+def move_horizon(style: float, photo: float, weight: float = 1.0) -> float:
+    """Where the style's horizon goes (a height fraction) for a photo whose horizon is at ``photo``: ``weight`` of
+    the way there (in [0, 1]; the photo's ``layout_weight``: a photo of unclear layout moves it less), then
+    limited so that neither the style's part above nor the part below changes height by more than
+    ``MAX_HORIZON_STRETCH`` times."""
+    target = style + weight * (photo - style)
+    low = max(style / MAX_HORIZON_STRETCH, 1 - (1 - style) * MAX_HORIZON_STRETCH)
+    high = min(style * MAX_HORIZON_STRETCH, 1 - (1 - style) / MAX_HORIZON_STRETCH)
+    return min(max(target, low), high)
+
+
+def strip_color_statistics(image: torch.Tensor, strips: int = STRIPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB mean (S, 3) and covariance (S, 3, 3) (float64, CPU) of ``strips`` equal-height horizontal strips of a
+    (3, H, W) or (1, 3, H, W) image (H >= ``strips``), top to bottom."""
+    pixels = image.reshape(3, image.shape[-2], image.shape[-1])
+    h = pixels.shape[-2]
+    if h < strips or pixels.shape[-1] * (h // strips) < 2:
+        raise ValueError(f"{strips} strips need an image at least {strips} rows high, got {h}")
+    edges = [round(i * h / strips) for i in range(strips + 1)]
+    stats = [color_statistics(pixels[:, a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    return torch.stack([m for m, _ in stats]), torch.stack([c for _, c in stats])
+
+
+def horizon_positions(count: int, source: float, target: float) -> torch.Tensor:
+    """(count,) float64: where the centres of ``count`` equal strips of an image whose horizon is at ``source``
+    land when that image is re-spaced, piecewise linearly, so that its horizon is at ``target`` (heights as
+    fractions; ``source == target``: unchanged)."""
+    if not (0 < source < 1 and 0 < target < 1):
+        raise ValueError(f"horizons must lie inside the image (0 < height < 1), got {source} and {target}")
+    u = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    return torch.where(u < source, u / source * target, target + (u - source) / (1 - source) * (1 - target))
+
+
+def bands_from_strips(strips: tuple[torch.Tensor, torch.Tensor], bands: int = BANDS, width: float = BAND_WIDTH,
+                      horizons: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The graduated match's target, band means (K, 3) and covariances (K, 3, 3), from a style's
+    ``strip_color_statistics``: each band the mixture of the strips, weighted by the band's Gaussian at the
+    strip's height. ``horizons`` = (the style's, the photo's): the strips are placed where the style's rows
+    land when its horizon is moved onto the photo's (``horizon_positions``), so the photo's band just below
+    its horizon takes the style's rows just below the style's; None = at their own heights (then it equals
+    ``banded_color_statistics`` of the style up to the strips' resolution)."""
+    means, covs = (t.double() for t in strips)
+    count = means.shape[0]
+    y = ((torch.arange(count, dtype=torch.float64) + 0.5) / count if horizons is None
+         else horizon_positions(count, *horizons))
+    centres = (torch.arange(bands, dtype=torch.float64) + 0.5) / bands
+    weights = torch.exp(-0.5 * ((y[:, None] - centres[None]) / width) ** 2)   # (S, K)
+    weights = weights / weights.sum(1, keepdim=True)                           # each strip shared out as a row is
+    weights = weights / weights.sum(0, keepdim=True).clamp_min(1e-12)          # each band a mixture of strips
+    mean = weights.T @ means                                                   # (K, 3)
+    second = torch.einsum("sk,sij->kij", weights, covs + means[:, :, None] * means[:, None, :])
+    return mean, second - mean[:, :, None] * mean[:, None, :]
+
+
+def aligned_band_statistics(strips: tuple[torch.Tensor, torch.Tensor], style_horizon: float, photo: torch.Tensor,
+                            bands: int = BANDS, width: float = BAND_WIDTH,
+                            weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The graduated match's target for one photo ((3, H, W) or (1, 3, H, W) RGB in [0, 1]): the style's bands
+    (``bands_from_strips`` of its ``strip_color_statistics``) with its horizon at ``style_horizon`` moved onto the
+    photo's (``find_horizon``), ``weight`` of the way and within ``MAX_HORIZON_STRETCH`` (``move_horizon``)."""
+    moved = move_horizon(style_horizon, find_horizon(photo), weight)
+    return bands_from_strips(strips, bands, width, (style_horizon, moved))

@@ -13,9 +13,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-from hrstyle.checkpoint import load_generator, resolve_checkpoint, style_color_statistics
+from hrstyle.checkpoint import load_generator, resolve_checkpoint, style_color_statistics, style_strip_statistics
 from hrstyle.errors import UserError
-from hrstyle.image.color import MAX_GAIN, apply_strength, layout_weight, match_color, match_color_banded, preserve_color
+from hrstyle.image.color import (
+    BAND_WIDTH,
+    MAX_GAIN,
+    aligned_band_statistics,
+    apply_strength,
+    layout_weight,
+    match_color,
+    match_color_banded,
+    preserve_color,
+)
 from hrstyle.image.guided import guided_filter
 from hrstyle.image.io import pil_to_tensor, tensor_to_pil
 from hrstyle.image.lift import downscale, lift, upsample, working_shape
@@ -91,6 +100,12 @@ class Look:
     layout_guard: with the graduated match, a photo without a sky-above-ground layout of its own (a
         portrait, a close-up) gets it faded out (``color.layout_weight``): it would take the style's
         sky colours at its top and ground colours at its bottom. False: every photo gets the full match.
+    align_horizon: with the graduated match, move the style's horizon onto the photo's before pairing their
+        bands (``color.find_horizon``, ``color.bands_from_strips``), so that a sea under a horizon at 30% of the
+        photo takes the style's sea, not the sky above the style's horizon at 60%; with ``layout_guard``, a
+        photo of an unclear layout gets the horizons moved only part of the way (its ``layout_weight``).
+        False: rows are paired by height alone. Needs the style's strip statistics (checkpoints store
+        them; older ones take them from their style image, else the rows are paired by height).
     color_max_gain: the colour match never stretches the output's contrast in a colour direction more
         than this (``color.color_transfer_map``'s ``max_gain``): a band with little colour under a style
         band with much would otherwise turn faint gradients and grass into streaks and speckle. None:
@@ -105,6 +120,7 @@ class Look:
     color_match: float | None = None
     color_bands: int | None = None
     layout_guard: bool = True
+    align_horizon: bool = True
     color_max_gain: float | None = MAX_GAIN
 
 
@@ -238,6 +254,8 @@ class Stylizer:
         self.color_max_gain = None if max_gain is None else float(max_gain)
         self.style_color = (style_color_statistics(self.meta, checkpoint, self.color_bands)
                             if self.color_match else None)
+        self.style_strips = (style_strip_statistics(self.meta)
+                             if self.color_match and self.color_bands > 1 and look.align_horizon else None)
         self.model.to(self.device)
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -398,14 +416,23 @@ class Stylizer:
                 if self.color_bands > 1:
                     weight = layout_weight(original[i]) if self.layout_guard else 1.0
                     if weight > 0:  # a portrait or close-up: nothing to do (0.3 s saved at 24 MP)
-                        match_color_banded(out[i:i + 1], self.style_color, self.color_match * weight, inplace=True,
-                                           max_gain=self.color_max_gain)
+                        match_color_banded(out[i:i + 1], self._band_target(original[i], weight),
+                                           self.color_match * weight, inplace=True, max_gain=self.color_max_gain)
                 else:
                     match_color(out[i:i + 1], self.style_color, self.color_match, inplace=True,
                                 max_gain=self.color_max_gain)
         if self.preserve_color:
             out = preserve_color(out, original)
         return apply_strength(out, original, self.strength)
+
+    def _band_target(self, photo: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graduated match's band statistics for one (3, H, W) photo: the style's bands with its horizon
+        moved ``weight`` of the way onto the photo's (all of it for a clear sky-above-ground layout; at most a
+        stretch of 2, ``color.move_horizon``)."""
+        if self.style_strips is None:
+            return self.style_color
+        strips, style_horizon = self.style_strips
+        return aligned_band_statistics(strips, style_horizon, photo, self.color_bands, BAND_WIDTH, weight)
 
     def __call__(self, image: torch.Tensor | Image.Image) -> torch.Tensor | Image.Image:
         if isinstance(image, Image.Image):

@@ -40,7 +40,10 @@ step; a deployment does the rest in a few lines of array code:
    ``hrstyle.image.color.match_color``; with ``color_bands`` > 1 in the checkpoint, the graduated
    match ``match_color_banded`` towards ``style_color["bands"]`` (one 3×3 map per horizontal band,
    blended per row with the Gaussian band weights of ``band_weights``), its strength multiplied by
-   ``layout_weight`` of the photo (0 for a photo without a sky-above-ground layout). Each map's
+   ``layout_weight`` of the photo (0 for a photo without a sky-above-ground layout). The default
+   aligns the horizons first: the band targets are ``aligned_band_statistics`` of
+   ``style_color["strips"]`` (the style's 64 strip statistics and its horizon) for the photo (its
+   ``find_horizon``, the move weighted by ``layout_weight``, limited by ``move_horizon``). Each map's
    eigenvalues (it is symmetric) are capped at ``MAX_GAIN`` = 2 before the strength blends it with
    the identity (``max_gain``: no stretching of flat bands into streaks).
 
