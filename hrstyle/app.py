@@ -365,8 +365,8 @@ def build_app(styles: list[Style], workspace: Workspace, stylizers: StylizerCach
                 strength = gr.Slider(0, 1, 1.0, step=0.05, label="Strength", elem_id="strength")
                 color = gr.Slider(0, 1, first.color_match, step=0.05, label="Colour match", elem_id="color-match",
                                   interactive=first.has_color or first.style_image is not None)
-                graduated = gr.Checkbox(first.color_bands > 1, label="Graduated colour match (the photo's top takes the "
-                                        "style's top colours, its bottom the bottom's; off: one global map)",
+                graduated = gr.Checkbox(first.color_bands > 1, label="Graduated colour match (the photo's sky takes the "
+                                        "style's sky colours, its ground the ground's; off: one global map)",
                                         elem_id="graduated")
                 photoreal = gr.Checkbox(first.photo_style, label="Photorealism (guided filter)", elem_id="photoreal")
                 keep_color = gr.Checkbox(False, label="Preserve colour", elem_id="preserve-color")
