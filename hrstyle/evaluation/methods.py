@@ -20,7 +20,11 @@ A method string is one of:
   the match to the style's colour statistics (``hrstyle.image.color.match_color``, strength
   ``MethodOptions.color.strength``), taken from the style image of the pair; ``+color@S`` sets
   the strength S in [0, 1] for that method alone (``identity+color@1``: the global colour transfer
-  of the photo, the baseline every photo style must beat).
+  of the photo, the baseline every photo style must beat);
+* any of these with ``+graded`` appended (``+graded@S`` likewise): the graduated colour match of inference
+  (``match_color_banded``, 8 horizontal bands, the style's horizon moved onto the photo's) towards the style
+  image of the pair, on every photo (no layout guard) and uncapped like ``+color`` (``identity+graded@1``: the
+  graduated transfer of the photo).
 
 Every method is a ``Method`` whose ``fn(content, style)`` maps (1, 3, H, W) tensors in [0, 1]
 to a (1, 3, H, W) float32 CPU tensor in [0, 1]. ``gatys`` and ``paper`` share one
