@@ -70,22 +70,14 @@ def style_color_entry(style: torch.Tensor) -> dict[str, Any]:
     """The checkpoint entry ``style_color`` for a (1, 3, H, W) style image in [0, 1]: its RGB mean and
     covariance (the global colour match), the same per horizontal band (the graduated match), and per
     equal-height strip with the height of its horizon (the graduated match with the horizons aligned)."""
-    from hrstyle.image.color import (
-        BAND_WIDTH,
-        BANDS,
-        STRIPS,
-        banded_color_statistics,
-        color_statistics,
-        find_horizon,
-        strip_color_statistics,
-    )
+    from hrstyle.image.color import BAND_WIDTH, BANDS, banded_color_statistics, color_statistics, style_strips
 
     mean, cov = color_statistics(style)
     band_mean, band_cov = banded_color_statistics(style, BANDS, BAND_WIDTH)
-    strip_mean, strip_cov = strip_color_statistics(style, min(STRIPS, style.shape[-2]))
+    (strip_mean, strip_cov), horizon = style_strips(style)
     return {"mean": mean.tolist(), "cov": cov.tolist(),
             "bands": {"width": BAND_WIDTH, "mean": band_mean.tolist(), "cov": band_cov.tolist()},
-            "strips": {"horizon": find_horizon(style), "mean": strip_mean.tolist(), "cov": strip_cov.tolist()}}
+            "strips": {"horizon": horizon, "mean": strip_mean.tolist(), "cov": strip_cov.tolist()}}
 
 
 def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike = "",
@@ -93,9 +85,9 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
     """The style image's colour statistics for ``color_match``: with ``bands`` 1 its RGB mean (3,) and
     covariance (3, 3), else per horizontal band (K, 3) and (K, 3, 3) (float64).
 
-    Stored in checkpoints as ``style_color`` (the bands of ``hrstyle.image.color.BANDS``); for
-    checkpoints written before that, or for another band count, taken from their style image when the
-    file still exists. Raises ``UserError`` otherwise.
+    Stored in checkpoints as ``style_color`` (the bands of ``hrstyle.image.color.BANDS``; another band
+    count is re-made from its strips); for checkpoints written before that, taken from their style image
+    when the file still exists. Raises ``UserError`` otherwise.
     """
     from hrstyle.image.color import BAND_WIDTH
 
@@ -105,6 +97,10 @@ def style_color_statistics(meta: dict[str, Any], checkpoint: str | os.PathLike =
         return (torch.tensor(stats["mean"], dtype=torch.float64), torch.tensor(stats["cov"], dtype=torch.float64))
     if stored and len(stored["mean"]) == bands and stored.get("width") == BAND_WIDTH:
         return (torch.tensor(stored["mean"], dtype=torch.float64), torch.tensor(stored["cov"], dtype=torch.float64))
+    if bands > 1 and (stats or {}).get("strips"):  # another band count: re-made from the stored strips
+        from hrstyle.image.color import bands_from_strips
+
+        return bands_from_strips(style_strip_statistics(meta)[0], bands)
     image = meta.get("style_image")
     if image and user_path(image).is_file():
         from hrstyle.image.color import banded_color_statistics, color_statistics
@@ -125,7 +121,7 @@ def style_strip_statistics(meta: dict[str, Any]) -> tuple[tuple[torch.Tensor, to
     of its horizon (a fraction), for the graduated match with the horizons aligned: stored in checkpoints as
     ``style_color["strips"]``; for checkpoints written before that, taken from their style image when the
     file still exists; else None (the graduated match then pairs rows by height alone)."""
-    from hrstyle.image.color import STRIPS, find_horizon, strip_color_statistics
+    from hrstyle.image.color import style_strips
 
     stored = (meta.get("style_color") or {}).get("strips")
     if stored:
@@ -135,8 +131,7 @@ def style_strip_statistics(meta: dict[str, Any]) -> tuple[tuple[torch.Tensor, to
     if image and user_path(image).is_file():
         from hrstyle.image.io import load_image
 
-        style = load_image(user_path(image), max_size=STYLE_COLOR_SIZE)
-        return strip_color_statistics(style, min(STRIPS, style.shape[-2])), find_horizon(style)
+        return style_strips(load_image(user_path(image), max_size=STYLE_COLOR_SIZE))
     return None
 
 

@@ -500,10 +500,15 @@ def test_graduated_color_match_follows_the_checkpoint(checkpoint, tmp_path):
     assert Stylizer(older, **settings).style_strips is None
     assert torch.allclose(Stylizer(older, **settings)(photo), Stylizer(aligned_style, align_horizon=False,
                                                                        **settings)(photo))
-    # Another band count than the stored one needs the style image: a clear error when it is gone.
-    orphan = save_generator(tmp_path / "orphan.pt", model, {**meta, "color_match": 1.0, "color_bands": 4,
-                                                             "style_color": style_color_entry(style),
-                                                             "style_image": str(tmp_path / "gone.jpg")})
+    # Another band count than the stored one is re-made from the strips (no style image needed); a checkpoint
+    # without strips needs its style image for it: a clear error when it is gone.
+    from hrstyle.image.color import banded_color_statistics
+
+    gone = {"color_match": 1.0, "color_bands": 4, "style_image": str(tmp_path / "gone.jpg")}
+    four = Stylizer(save_generator(tmp_path / "four.pt", model, {**meta, **gone, "style_color": style_color_entry(style)}),
+                    **settings)
+    assert all(torch.allclose(a, b, atol=0.02) for a, b in zip(four.style_color, banded_color_statistics(style, 4)))
+    orphan = save_generator(tmp_path / "orphan.pt", model, {**meta, **gone, "style_color": old_entry})
     with pytest.raises(UserError, match="color_bands=1"):
         Stylizer(orphan, **settings)
 

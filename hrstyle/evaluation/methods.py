@@ -359,13 +359,11 @@ def _strength(spec: str, text: str) -> float:
 
 def _with_color_match(method: Method, strength: float, label: str | None = None, graded: bool = False) -> Method:
     from hrstyle.image.color import (
-        STRIPS,
         aligned_band_statistics,
         color_statistics,
-        find_horizon,
         match_color,
         match_color_banded,
-        strip_color_statistics,
+        style_strips,
     )
 
     strength = float(strength)
@@ -375,9 +373,8 @@ def _with_color_match(method: Method, strength: float, label: str | None = None,
 
     def fn(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if graded:  # what inference's graduated match does, horizons aligned, on every photo (no layout guard)
-            style = style.float().cpu()
-            strips = strip_color_statistics(style, min(STRIPS, style.shape[-2]))
-            target = aligned_band_statistics(strips, find_horizon(style), content.float().cpu())
+            strips, horizon = style_strips(style.float().cpu())
+            target = aligned_band_statistics(strips, horizon, content.float().cpu())
             return match_color_banded(inner(content, style), target, strength)
         return match_color(inner(content, style), color_statistics(style.float().cpu()), strength)
 

@@ -354,6 +354,12 @@ def strip_color_statistics(image: torch.Tensor, strips: int = STRIPS) -> tuple[t
     return torch.stack([m for m, _ in stats]), torch.stack([c for _, c in stats])
 
 
+def style_strips(style: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+    """What the aligned graduated match needs of a style image ((3, H, W) or (1, 3, H, W) RGB in [0, 1]): its
+    ``strip_color_statistics`` (``STRIPS`` strips, one per row when it has fewer rows) and its ``find_horizon``."""
+    return strip_color_statistics(style, min(STRIPS, style.shape[-2])), find_horizon(style)
+
+
 def horizon_positions(count: int, source: float, target: float) -> torch.Tensor:
     """(count,) float64: where the centres of ``count`` equal strips of an image whose horizon is at ``source``
     land when that image is re-spaced, piecewise linearly, so that its horizon is at ``target`` (heights as
